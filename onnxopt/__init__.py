@@ -1,0 +1,42 @@
+"""onnxopt: make ONNX models smaller and faster for a target, keeping their answers.
+
+The public API is a small facade; heavy modules are imported on first use so that
+``import onnxopt`` and ``onnxopt --help`` stay fast::
+
+    import onnxopt
+    result = onnxopt.optimize("model.onnx", passes="simplify")
+    onnxopt.save(result.model, "model.opt.onnx")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "load": "onnxopt.api",
+    "save": "onnxopt.api",
+    "inspect": "onnxopt.api",
+    "optimize": "onnxopt.api",
+    "compare": "onnxopt.api",
+    "passes": "onnxopt.api",
+    "OptimizeResult": "onnxopt.api",
+    "OptimizeReport": "onnxopt.api",
+    "InspectReport": "onnxopt.api",
+    "load_data": "onnxopt.data",
+    "Dataset": "onnxopt.data",
+    "fidelity": "onnxopt.evaluate",
+    "OnnxOptError": "onnxopt.errors",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnxopt' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

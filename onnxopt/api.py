@@ -1,0 +1,168 @@
+"""The public functions behind ``onnxopt.*`` and every CLI command, all in memory.
+
+Example, right after ``torch.onnx.export``::
+
+    import onnxopt
+    result = onnxopt.optimize(model_proto, passes="simplify", calib="calib.npz")
+    result.model            # the optimized onnx.ModelProto
+    result.report.fidelity  # agreement with the input model
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from pydantic import BaseModel
+
+from onnxopt import model as model_io
+from onnxopt.errors import DataError, MeasurementError, ModelError
+from onnxopt.passes import Pass, PassContext, PassRecord, build, load_recipe
+from onnxopt.passes.base import Progress
+from onnxopt.stats import LayerCost, ModelStats, largest_layers, model_stats
+
+Shapes = Mapping[str, Sequence[int]]
+
+
+class TensorInfo(BaseModel):
+    name: str
+    dtype: str
+    dims: list[int | str | None] | None
+
+
+class InspectReport(BaseModel):
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    opset: int
+    ir_version: int
+    producer: str
+    stats: ModelStats
+    size_on_disk: int | None
+    largest_layers: list[LayerCost]
+    notes: list[str] = []
+
+
+class OptimizeReport(BaseModel):
+    passes: list[PassRecord]
+    before: ModelStats
+    after: ModelStats
+    fidelity: Any = None  # onnxopt.evaluate.Fidelity, or None when it could not be measured
+    notes: list[str] = []
+
+
+@dataclass
+class OptimizeResult:
+    model: onnx.ModelProto
+    report: OptimizeReport
+
+
+def load(source: model_io.ModelSource, *, opset: int | None = None, shapes: Shapes | None = None
+         ) -> onnx.ModelProto:
+    """Load and check a model from a path, bytes or a ModelProto (see ``onnxopt.model.load``)."""
+    return model_io.load(source, opset=opset, shapes=shapes)
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None,
+         protect: Sequence[str | os.PathLike] = (), force: bool = False) -> Path:
+    """Write atomically; never overwrite a ``protect``-ed file (the input) unless ``force``."""
+    return model_io.save(model, path, external_data=external_data, protect=protect, force=force)
+
+
+def _tensor_info(spec: model_io.TensorSpec) -> TensorInfo:
+    return TensorInfo(name=spec.name, dtype=str(spec.dtype), dims=list(spec.dims) if spec.dims is not None else None)
+
+
+def inspect(source: model_io.ModelSource, *, shapes: Shapes | None = None, top: int = 10) -> InspectReport:
+    """Inputs/outputs, opset, op histogram, params, MACs, size and the largest layers."""
+    model = load(source)
+    size = Path(source).stat().st_size if isinstance(source, str | os.PathLike) else None
+    stats = model_stats(model, shapes)
+    notes = []
+    if stats.macs is None:
+        dynamic = [s.describe() for s in model_io.input_specs(model) if s.is_dynamic]
+        notes.append(f"MACs of {stats.layers_unknown} layer(s) unknown: symbolic input dims "
+                     f"({'; '.join(dynamic)}); fix them with --shape NAME=1x3x224x224")
+    return InspectReport(
+        inputs=[_tensor_info(s) for s in model_io.input_specs(model)],
+        outputs=[_tensor_info(s) for s in model_io.output_specs(model)],
+        opset=model_io.default_opset(model), ir_version=model.ir_version,
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+        stats=stats, size_on_disk=size, largest_layers=largest_layers(model, top, shapes), notes=notes,
+    )
+
+
+def _dataset(data: Any, model: onnx.ModelProto, shapes: Shapes | None, limit: int | None):
+    from onnxopt.data import load_data
+
+    return load_data(data, model, shapes=shapes, limit=limit)
+
+
+def optimize(
+    model: model_io.ModelSource,
+    passes: str | Sequence | Pass | None = None,
+    *,
+    recipe: str | os.PathLike | None = None,
+    calib: Any = None,
+    shapes: Shapes | None = None,
+    seed: int = 0,
+    fidelity: bool = True,
+    fidelity_samples: int = 32,
+    profile: Any = None,
+    progress: Progress | None = None,
+) -> OptimizeResult:
+    """Run a pipeline on a model and measure the result against the input, all in memory.
+
+    ``passes`` is a spec string (``"simplify,prune:ratio=0.3"``), pass objects or (name, options)
+    pairs; ``recipe`` a TOML file. ``calib`` is calibration data: a path (.npz/.npy/image folder),
+    a mapping of arrays, a ``Dataset``, or ``"synthetic"``. ``shapes`` fixes symbolic input dims.
+    """
+    if (passes is None) == (recipe is None):
+        from onnxopt.errors import ConfigError
+
+        raise ConfigError("give exactly one of passes or recipe", "e.g. passes='simplify'")
+    pipeline = build(load_recipe(recipe) if recipe is not None else passes)
+    source = load(model, shapes=shapes)
+    data = _dataset(calib, source, shapes, None) if calib is not None else None
+    ctx = PassContext(data=data, profile=profile, seed=seed, shapes=shapes, progress=progress)
+    optimized, records = pipeline.run(source, ctx)
+    before = records[0].before if records else model_stats(source, shapes)
+    report = OptimizeReport(passes=records, before=before, after=records[-1].after if records else before)
+    if fidelity:
+        report.fidelity, note = _fidelity(source, optimized, data, shapes, seed, fidelity_samples)
+        if note:
+            report.notes.append(note)
+    return OptimizeResult(optimized, report)
+
+
+def _fidelity(reference, candidate, data, shapes, seed, samples):
+    """Fidelity on the calibration data, else on labelled-synthetic inputs; None with a reason."""
+    from onnxopt.data import load_data
+    from onnxopt.evaluate import fidelity
+
+    try:
+        dataset = data.take(min(samples, len(data))) if data is not None else load_data(
+            f"synthetic:n={min(samples, 8)},seed={seed}", reference, shapes=shapes)
+        return fidelity(reference, candidate, dataset), None
+    except (DataError, MeasurementError, ModelError) as exc:
+        return None, f"fidelity not measured: {exc.one_line()}"
+
+
+def compare(a: model_io.ModelSource, b: model_io.ModelSource, *, data: Any = None, shapes: Shapes | None = None,
+            limit: int | None = None, seed: int = 0):
+    """Run both models on the same inputs and return per-output agreement (``evaluate.Fidelity``)."""
+    from onnxopt.evaluate import fidelity
+
+    reference, candidate = load(a, shapes=shapes), load(b, shapes=shapes)
+    dataset = _dataset(data if data is not None else f"synthetic:n=8,seed={seed}", reference, shapes, limit)
+    return fidelity(reference, candidate, dataset)
+
+
+def passes() -> dict[str, type[Pass]]:
+    """The registered passes by name."""
+    from onnxopt.passes import registered
+
+    return registered()

@@ -1,0 +1,26 @@
+"""Passes: pure ModelProto -> ModelProto transforms, found by name in one registry.
+
+Importing this package registers the built-in passes; each module defers its heavy imports
+(onnx-graphsurgeon, onnxruntime) to ``apply`` so listing passes stays fast.
+"""
+
+from onnxopt.passes.base import (
+    Choice,
+    Pass,
+    PassConfig,
+    PassContext,
+    PassRecord,
+    Range,
+    StrList,
+    get_pass,
+    register,
+    registered,
+    run_pass,
+)
+from onnxopt.passes.pipeline import Pipeline, build, load_recipe, parse_spec
+from onnxopt.passes import simplify  # noqa: E402,F401  (registers)
+
+__all__ = [
+    "Choice", "Pass", "PassConfig", "PassContext", "PassRecord", "Pipeline", "Range", "StrList",
+    "build", "get_pass", "load_recipe", "parse_spec", "register", "registered", "run_pass",
+]
