@@ -21,6 +21,8 @@ _API = {
     "optimize": "onnxopt.api",
     "compare": "onnxopt.api",
     "passes": "onnxopt.api",
+    "profile": "onnxopt.api",
+    "ProfileReport": "onnxopt.profile.profiler",
     "OptimizeResult": "onnxopt.api",
     "OptimizeReport": "onnxopt.api",
     "InspectReport": "onnxopt.api",

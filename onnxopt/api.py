@@ -161,6 +161,17 @@ def compare(a: model_io.ModelSource, b: model_io.ModelSource, *, data: Any = Non
     return fidelity(reference, candidate, dataset)
 
 
+def profile(models: model_io.ModelSource | Sequence[model_io.ModelSource], *, profile: Any = None, data: Any = None,
+            shapes: Shapes | None = None, **options: Any):
+    """Latency on a device profile (default ``cpu``); several models are measured interleaved with ratios.
+
+    Returns ``onnxopt.profile.profiler.ProfileReport``; options: batch_size, seed, timeout_s, emit_ort,
+    mobile_check, write_settings (see ``onnxopt.profile.profiler.profile``)."""
+    from onnxopt.profile.profiler import profile as run_profile
+
+    return run_profile(models, profile=profile, data=data, shapes=shapes, **options)
+
+
 def passes() -> dict[str, type[Pass]]:
     """The registered passes by name."""
     from onnxopt.passes import registered

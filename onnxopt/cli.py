@@ -217,6 +217,125 @@ def list_passes(json_out: JsonOpt = False, debug: DebugOpt = False):
             con.print(f"    {key} = {info['default']!r}{mark}")
 
 
+@app.command("profile")
+def profile_cmd(
+    models: Annotated[list[Path], typer.Argument(help="One model, or several to measure interleaved (A B A B).")],
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Device profile name or .toml file.")] = "cpu",
+    shape: ShapeOpt = None,
+    data: Annotated[str | None, typer.Option("--data", help=".npz/.npy, image folder, or 'synthetic'.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Override the profile's batch.")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds before the child is killed.")] = None,
+    emit_ort: Annotated[Path | None, typer.Option("--emit-ort", help="Write ORT-format models into DIR.")] = None,
+    mobile_check: Annotated[bool | None, typer.Option("--mobile-check/--no-mobile-check",
+                                                      help="NNAPI/CoreML usability (default: profile's).")] = None,
+    write_settings: Annotated[Path | None, typer.Option(
+        "--write-settings", help="Write each model with its session settings + sidecar JSON to DIR.")] = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """Latency on a device profile, measured in a child process; several models get ratios to the first."""
+    import onnxopt
+
+    with _status(f"profiling on {profile}", enabled=not json_out):
+        report = onnxopt.profile([str(m) for m in models], profile=profile, data=data, shapes=_shapes(shape),
+                                 batch_size=batch_size, timeout_s=timeout, emit_ort=emit_ort,
+                                 mobile_check=mobile_check, write_settings=write_settings)
+    if json_out:
+        _emit_json(report.model_dump(mode="json"))
+    else:
+        _render_profile(report.model_dump(mode="json"))
+    if not report.ok:
+        raise typer.Exit(5)
+
+
+@app.command("profiles")
+def list_profiles(json_out: JsonOpt = False, debug: DebugOpt = False):
+    """The device profiles (shipped and from $ONNXOPT_PROFILES) and their providers."""
+    from onnxopt.profile import get_profile, profiles
+
+    rows = [get_profile(path).model_dump(mode="json", include={"name", "description", "providers", "accelerates"})
+            for path in profiles().values()]
+    if json_out:
+        return _emit_json(rows)
+    con = _console()
+    for row in rows:
+        chain = " > ".join(p["name"].removesuffix("ExecutionProvider") for p in row["providers"])
+        con.print(f"[bold]{row['name']:10}[/] {row['description']}  [{chain}]  "
+                  f"fast: {', '.join(row['accelerates']['precisions'])}")
+
+
+class _status:
+    """A spinner on stderr while something slow runs (only on a terminal)."""
+
+    def __init__(self, text: str, enabled: bool):
+        self.text, self.enabled = text, enabled and sys.stderr.isatty()
+
+    def __enter__(self):
+        if self.enabled:
+            self._status = _console(stderr=True).status(self.text)
+            self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._status.__exit__(*exc)
+        return False
+
+
+def _render_profile(payload: dict) -> None:
+    from rich.table import Table
+
+    con = _console()
+    ratios = {r["model"]: r for r in payload["ratios"]}
+    table = Table("model", "median ms", "±CI", "p90", "p99", "n", "items/s", "ratio [95% CI]",
+                  title=f"latency on profile {payload['profile']} ({payload['provider']})")
+    for r in payload["results"]:
+        name = Path(r["model"]).name
+        if not r["ok"]:
+            table.add_row(name, f"[red]{r['failure']}[/]", *[""] * 6)
+            continue
+        lat, ratio = r["latency_ms"], ratios.get(r["model"])
+        ratio_text = f"{ratio['ratio']:.3f} [{ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]" if ratio else (
+            "1 (reference)" if ratios else "")
+        table.add_row(name, f"{lat['median']:.4g}", f"{lat['rel_ci']:.1%}", f"{lat['p90']:.4g}", f"{lat['p99']:.4g}",
+                      str(lat["n"]), f"{r['throughput_per_s']:.4g}", ratio_text)
+    con.print(table)
+    for r in payload["results"]:
+        name = Path(r["model"]).name
+        if not r["ok"]:
+            con.print(f"[red]failed:[/] {name}: {r['error']}")
+            continue
+        placement = ", ".join(f"{p} {n}" for p, n in r["placement"]["nodes"].items())
+        rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f} MB"
+        con.print(f"{name}: session {r['session_create_ms']:.1f} ms, first run {r['first_inference_ms']:.2f} ms, "
+                  f"peak RSS {rss}; nodes: {placement}")
+        if not r["target_reached"]:
+            con.print(f"[yellow]note:[/] {name}: CI ±{r['latency_ms']['rel_ci']:.1%} did not reach the "
+                      f"target ±{r['target_rel_ci']:.1%} within the time budget")
+        if r["fallback_note"]:
+            con.print(f"[yellow]fallback:[/] {name}: {r['fallback_note']}")
+    first = payload["results"][0]
+    con.print(f"inputs: {'synthetic' if first['inputs_synthetic'] else first['inputs_source']}, "
+              f"batch {first['batch_size']}")
+    _render_edge(con, payload)
+
+
+def _render_edge(con, payload: dict) -> None:
+    for edge in payload["edge"]:
+        con.print(f"[bold]{Path(edge['model']).name}[/] edge:")
+        if edge["ort"]:
+            con.print(f"  ORT format {edge['ort']['path']} ({_fmt_bytes(edge['ort']['size_bytes'])})")
+        for ep in (edge["usability"] or {}).get("providers", []):
+            relaxed = ep["suitability_if_fixed_shapes"]
+            fixed = f", with fixed shapes {relaxed}" if relaxed else ""
+            con.print(f"  {ep['provider']}: {ep['suitability']}{fixed} — {ep['supported_nodes']}/{ep['nodes']} nodes "
+                      f"in {ep['partitions']} partitions; unsupported: {', '.join(ep['unsupported_ops']) or 'none'}")
+        for error in edge["errors"]:
+            con.print(f"  [red]failed:[/] {error}")
+    for path in payload["settings_files"]:
+        con.print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and turn every error into one line and an exit code."""
     from onnxopt.errors import OnnxOptError

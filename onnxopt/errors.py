@@ -84,3 +84,7 @@ class MeasurementError(OnnxOptError, RuntimeError):
     """A latency or fidelity measurement could not be made."""
 
     exit_code = 5
+
+
+class ProviderUnavailableError(MeasurementError):
+    """The profile's execution provider is not in this onnxruntime build (and fallback is not allowed)."""

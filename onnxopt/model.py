@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -295,14 +296,49 @@ def _strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 # ---------------------------------------------------------------- shapes and opsets
 
 
+SKELETON_MAX_ELEMENTS = 4096
+
+
+def skeleton(model: onnx.ModelProto, max_elements: int = SKELETON_MAX_ELEMENTS) -> onnx.ModelProto:
+    """The model without its large weights: each initializer above ``max_elements`` becomes a graph
+    input of the same type and shape. Shape inference and structural checks need only this, and
+    it avoids serializing hundreds of MB (small tensors stay: they hold shapes and axes)."""
+    light = onnx.ModelProto()
+    graph = model.graph
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(light, field, getattr(model, field))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g = light.graph
+    g.name = graph.name
+    g.node.extend(graph.node)
+    g.output.extend(graph.output)
+    g.value_info.extend(graph.value_info)
+    listed = {v.name for v in graph.input}
+    g.input.extend(graph.input)
+    for tensor in graph.initializer:
+        if math.prod(tensor.dims) <= max_elements:
+            g.initializer.append(tensor)
+        elif tensor.name not in listed:
+            g.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    light.ir_version = max(light.ir_version, 4)  # initializers need not be inputs from IR 4 on
+    return light
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Best-effort onnx shape inference; a model it cannot handle is returned unchanged."""
-    if model.ByteSize() >= PROTOBUF_LIMIT:
-        return model
+    """Best-effort onnx shape inference on the model's skeleton; the inferred value_info is copied
+    back. A model it cannot handle is returned unchanged."""
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):
         return model
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.value_info[:]
+    result.graph.value_info.extend(inferred.graph.value_info)
+    for mine, theirs in zip(result.graph.output, inferred.graph.output, strict=True):
+        mine.CopyFrom(theirs)
+    return result
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -329,8 +365,10 @@ def _dims(value: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
     tensor_type = value.type.tensor_type
     if not tensor_type.HasField("shape"):
         return None
+    # exporters write unknown dims as dim_param, as nothing, or as an invalid dim_value of -1
     return tuple(
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+        for d in tensor_type.shape.dim
     )
 
 
@@ -367,11 +405,12 @@ def parse_shapes(items: Iterable[str]) -> dict[str, list[int]]:
 
 def fix_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
     """Fix symbolic input dims (onnxruntime's make_input_shape_fixed) and re-infer the rest."""
-    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_shape_fixed
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, remove_invalid_dim_values
 
     specs = {s.name: s for s in input_specs(model)}
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
+    remove_invalid_dim_values(fixed.graph)
     for name, dims in shapes.items():
         spec = specs.get(name)
         if spec is None:
@@ -381,7 +420,14 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]
         for have, want in zip(spec.dims or (), dims, strict=False):
             if isinstance(have, int) and have != want:
                 raise ConfigError(f"input {name!r} has fixed dims {spec.describe()}; --shape gives {dims}")
-        make_input_shape_fixed(fixed.graph, name, list(dims))
+        # set this input's dims directly: onnxruntime's make_input_shape_fixed rewrites every dim that
+        # shares the symbol, and exporters reuse one symbol ("?") for unrelated dims
+        shape = next(v for v in fixed.graph.input if v.name == name).type.tensor_type.shape
+        while len(shape.dim) < len(dims):
+            shape.dim.add()
+        for dim, want in zip(shape.dim, dims, strict=True):
+            dim.Clear()
+            dim.dim_value = int(want)
     # clear stale intermediate shapes so inference recomputes them from the fixed inputs
     del fixed.graph.value_info[:]
     fixed = infer_shapes(fixed)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import onnx
 from pydantic import BaseModel
 
-from onnxopt.model import fix_input_shapes, infer_shapes, input_specs, iter_tensors
+from onnxopt.model import fix_input_shapes, infer_shapes, input_specs, iter_tensors, skeleton
 
 # dtypes that hold learned weights (shape tensors and indices are not parameters)
 WEIGHT_TYPES = {
@@ -107,10 +107,9 @@ def _node_params(node: onnx.NodeProto, weights: Mapping[str, int]) -> int:
 
 def layer_costs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None = None) -> list[LayerCost]:
     """Params and MACs of every compute node (MAC_OPS), in graph order."""
-    sized = _with_shapes(model, shapes)
-    table = _shape_table(sized)
-    weights = {t.name: _tensor_elements(t) for t in sized.graph.initializer if t.data_type in WEIGHT_TYPES}
-    for node in sized.graph.node:
+    table = _shape_table(_with_shapes(skeleton(model), shapes))
+    weights = {t.name: _tensor_elements(t) for t in model.graph.initializer if t.data_type in WEIGHT_TYPES}
+    for node in model.graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
                 if attr.name == "value" and attr.t.data_type in WEIGHT_TYPES:
@@ -118,14 +117,15 @@ def layer_costs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | No
     return [
         LayerCost(name=node.name or node.output[0], op_type=node.op_type, params=_node_params(node, weights),
                   macs=_node_macs(node, table))
-        for node in sized.graph.node
+        for node in model.graph.node
         if node.op_type in MAC_OPS
     ]
 
 
 def _with_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None) -> onnx.ModelProto:
     """A copy with given input shapes fixed and a dynamic leading batch dim set to 1."""
-    wanted = dict(shapes or {})
+    weights = {t.name for t in model.graph.initializer}
+    wanted = {k: v for k, v in (shapes or {}).items() if k not in weights}
     for spec in input_specs(model):
         if spec.name not in wanted and spec.dims and not isinstance(spec.dims[0], int):
             if all(isinstance(d, int) for d in spec.dims[1:]):

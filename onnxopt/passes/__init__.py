@@ -4,6 +4,7 @@ Importing this package registers the built-in passes; each module defers its hea
 (onnx-graphsurgeon, onnxruntime) to ``apply`` so listing passes stays fast.
 """
 
+from onnxopt.passes import simplify  # noqa: E402,F401  (registers)
 from onnxopt.passes.base import (
     Choice,
     Pass,
@@ -18,7 +19,6 @@ from onnxopt.passes.base import (
     run_pass,
 )
 from onnxopt.passes.pipeline import Pipeline, build, load_recipe, parse_spec
-from onnxopt.passes import simplify  # noqa: E402,F401  (registers)
 
 __all__ = [
     "Choice", "Pass", "PassConfig", "PassContext", "PassRecord", "Pipeline", "Range", "StrList",

@@ -16,12 +16,17 @@ to the pass before it, and a bare ``name`` is a pass with default options.
 
 from __future__ import annotations
 
-import tomllib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import onnx
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from onnxopt.errors import ConfigError, PassError
 from onnxopt.passes.base import Pass, PassContext, PassRecord, get_pass, run_pass
@@ -39,12 +44,12 @@ def parse_spec(spec: str) -> list[PassSpec]:
             continue
         head, colon, rest = token.partition(":")
         if colon and "=" not in head:
-            steps.append((head.strip(), {}))
+            steps.append((_pass_name(head, raw), {}))
             token = rest.strip()
             if not token:
                 continue
         elif "=" not in token:
-            steps.append((token, {}))
+            steps.append((_pass_name(token, raw), {}))
             continue
         key, eq, value = token.partition("=")
         if not eq or not key.strip():
@@ -55,6 +60,13 @@ def parse_spec(spec: str) -> list[PassSpec]:
     if not steps:
         raise ConfigError("the pass spec is empty", "e.g. --passes simplify")
     return steps
+
+
+def _pass_name(text: str, raw: str) -> str:
+    name = text.strip()
+    if not re.fullmatch(r"[A-Za-z][\w\-]*", name):
+        raise ConfigError(f"bad pass name in {raw.strip()!r}", "pass names are words like simplify or prune")
+    return name
 
 
 def load_recipe(path: str | Path) -> list[PassSpec]:

@@ -1,0 +1,149 @@
+"""The code that runs inside the measurement child process (started with ``spawn``).
+
+It creates one session per model, records session-creation and first-inference time and the node
+placement (from onnxruntime's profiling trace of the first run, then profiling is switched off),
+warms up, and times the models interleaved (A B A B ...) until the protocol is satisfied. Whatever
+happens is sent back over the pipe as plain data; a crash or hang is the parent's to detect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from onnxopt.profile.results import rel_ci
+
+MAX_OFF_TARGET = 50
+KERNEL_SUFFIX = "_kernel_time"
+
+
+class ProviderLost(RuntimeError):
+    """onnxruntime was asked for a provider it has but did not load it (e.g. missing CUDA libraries)."""
+
+
+def child_main(conn, job: dict[str, Any]) -> None:
+    """Entry point of the child: run the job and send ``(status, payload)`` back."""
+    try:
+        conn.send(("ok", run_job(job)))
+    except ProviderLost as exc:
+        conn.send(("provider", str(exc)))
+    except Exception as exc:  # the process boundary: every failure goes back to the parent, which records it
+        conn.send(("error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:800]}"))
+    finally:
+        conn.close()
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from onnxopt.profile.profiles import SessionSettings
+    from onnxopt.profile.settings import session_options
+
+    ort.set_default_logger_severity(3)
+    settings = SessionSettings.model_validate(job["session"])
+    names = [name for name, _ in job["providers"]]
+    options = [opts for _, opts in job["providers"]]
+    sessions, models = [], []
+    for index, path in enumerate(job["paths"]):
+        so = session_options(settings)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(job["tmp"]) / f"placement{index}")
+        before = peak_rss_mb()
+        start = time.perf_counter()
+        session = ort.InferenceSession(path, so, providers=names, provider_options=options)
+        created = time.perf_counter() - start
+        used = session.get_providers()
+        lost = [n for n in names if n not in used]
+        if lost and not job["allow_fallback"]:
+            raise ProviderLost(f"onnxruntime did not load {', '.join(lost)} (it used {', '.join(used)}); "
+                               "its libraries (e.g. CUDA, cuDNN, TensorRT) are missing or failed to initialize")
+        _fault(job.get("fault"))
+        feeds = job["feeds"][index]
+        start = time.perf_counter()
+        session.run(None, feeds[0])
+        first = time.perf_counter() - start
+        placement = parse_trace(session.end_profiling(), job["target"])
+        after = peak_rss_mb()
+        sessions.append(session)
+        models.append({"session_create_ms": created * 1e3, "first_inference_ms": first * 1e3,
+                       "providers_used": used, "lost": lost, "placement": placement,
+                       "session_rss_mb": None if before is None or after is None else after - before})
+    protocol = job["protocol"]
+    for session, feeds in zip(sessions, job["feeds"], strict=True):
+        for i in range(protocol["warmup"]):
+            session.run(None, feeds[i % len(feeds)])
+    times, reached, elapsed = interleaved(sessions, job["feeds"], protocol)
+    for model, model_times in zip(models, times, strict=True):
+        model["times"] = model_times
+    return {"models": models, "target_reached": reached, "measure_s": elapsed, "peak_rss_mb": peak_rss_mb(),
+            "onnxruntime_version": ort.__version__}
+
+
+def interleaved(sessions: list, feeds: list[list[dict]], protocol: dict[str, Any]
+                ) -> tuple[list[list[float]], bool, float]:
+    """Run the sessions in turn, one run each per round, until converged or out of budget."""
+    times: list[list[float]] = [[] for _ in sessions]
+    start = time.perf_counter()
+    next_check, rounds = 0.0, 0
+    while True:
+        for session, model_feeds, model_times in zip(sessions, feeds, times, strict=True):
+            feed = model_feeds[rounds % len(model_feeds)]
+            t0 = time.perf_counter_ns()
+            session.run(None, feed)
+            model_times.append((time.perf_counter_ns() - t0) / 1e9)
+        rounds += 1
+        elapsed = time.perf_counter() - start
+        ready = rounds >= protocol["min_repeats"] and elapsed >= protocol["min_time_s"]
+        if ready and elapsed >= next_check:
+            if all(rel_ci(t) <= protocol["target_rel_ci"] for t in times):
+                return times, True, elapsed
+            # checking sorts every sample; doing it every ~5% of the elapsed time keeps its cost negligible
+            next_check = elapsed + max(0.02, 0.05 * elapsed)
+        if rounds >= protocol["max_repeats"] or elapsed >= protocol["max_time_s"]:
+            return times, all(rel_ci(t) <= protocol["target_rel_ci"] for t in times), elapsed
+
+
+def parse_trace(path: str, target: str) -> dict[str, Any]:
+    """Node -> provider from onnxruntime's Chrome-trace JSON; the file is removed afterwards."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            events = json.load(handle)
+    finally:
+        Path(path).unlink(missing_ok=True)
+    placed: dict[str, tuple[str, str]] = {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") == "Node" and name.endswith(KERNEL_SUFFIX):
+            args = event.get("args", {})
+            placed[name[: -len(KERNEL_SUFFIX)]] = (args.get("provider", "unknown"), args.get("op_name", "?"))
+    ops: dict[str, Counter] = {}
+    for provider, op in placed.values():
+        ops.setdefault(provider, Counter())[op] += 1
+    off = sorted(name for name, (provider, _) in placed.items() if provider != target)
+    return {"nodes": {p: sum(c.values()) for p, c in ops.items()}, "ops": {p: dict(c) for p, c in ops.items()},
+            "off_target": off[:MAX_OFF_TARGET]}
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far (None where the platform has no getrusage)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def _fault(kind: str | None) -> None:
+    """Test-only: make this child die or hang the way a broken onnxruntime would."""
+    if kind == "abort":
+        os.abort()
+    elif kind == "exit":
+        os._exit(7)
+    elif kind == "hang":
+        time.sleep(3600)
