@@ -20,7 +20,7 @@ _API = {
     "inspect": "onnxopt.api",
     "optimize": "onnxopt.api",
     "compare": "onnxopt.api",
-    "passes": "onnxopt.api",
+    "list_passes": "onnxopt.api",
     "profile": "onnxopt.api",
     "ProfileReport": "onnxopt.profile.profiler",
     "OptimizeResult": "onnxopt.api",

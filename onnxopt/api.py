@@ -110,7 +110,7 @@ def optimize(
     shapes: Shapes | None = None,
     seed: int = 0,
     fidelity: bool = True,
-    fidelity_samples: int = 32,
+    fidelity_samples: int = 128,
     profile: Any = None,
     progress: Progress | None = None,
 ) -> OptimizeResult:
@@ -172,7 +172,7 @@ def profile(models: model_io.ModelSource | Sequence[model_io.ModelSource], *, pr
     return run_profile(models, profile=profile, data=data, shapes=shapes, **options)
 
 
-def passes() -> dict[str, type[Pass]]:
+def list_passes() -> dict[str, type[Pass]]:
     """The registered passes by name."""
     from onnxopt.passes import registered
 

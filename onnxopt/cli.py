@@ -203,7 +203,7 @@ def list_passes(json_out: JsonOpt = False, debug: DebugOpt = False):
     import onnxopt
 
     rows = []
-    for name, cls in onnxopt.passes().items():
+    for name, cls in onnxopt.list_passes().items():
         fields = {k: {"default": f.default, "type": str(f.annotation)} for k, f in cls.Config.model_fields.items()}
         rows.append({"name": name, "doc": (cls.__doc__ or "").strip().splitlines()[0],
                      "options": fields, "tunable": {k: repr(v) for k, v in cls.tunable.items()}})
