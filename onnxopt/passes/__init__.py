@@ -5,6 +5,7 @@ Importing this package registers the built-in passes; each module defers its hea
 """
 
 from onnxopt.passes import simplify  # noqa: E402,F401  (registers)
+from onnxopt.passes import quantize  # noqa: E402,F401  (registers quantize, fp16)
 from onnxopt.passes.base import (
     Choice,
     Pass,

@@ -1,0 +1,98 @@
+"""Static int8/int16 quantization: prepare once, calibrate once (memory-bounded), quantize any subset.
+
+:class:`StaticQuantizer` keeps the prepared float model and its calibration ranges, so the
+accuracy-keeping and latency-aware modes can re-quantize with different node subsets in float
+without calibrating again.
+
+Example::
+
+    q = StaticQuantizer(model, dataset, cfg, resolve(cfg))
+    int8 = q.quantize()                     # everything the op types allow
+    partial = q.quantize(keep_float={"Conv_12"})
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import onnx
+
+from onnxopt.errors import ConfigError
+from onnxopt.model import input_specs, parse_size
+from onnxopt.quant.calib import calibrate, save_ranges
+from onnxopt.quant.config import QuantizeConfig, Resolved, ort_type
+from onnxopt.quant.ortio import quiet, read_model, workdir, write_model
+from onnxopt.quant.prepare import prepare
+
+
+def match_nodes(model: onnx.ModelProto, patterns: Iterable[str]) -> tuple[set[str], list[str]]:
+    """Node names matched by exact name or full regex match; also the patterns that matched nothing."""
+    names = [n.name for n in model.graph.node if n.name]
+    matched, unmatched = set(), []
+    for pattern in patterns:
+        hits = {n for n in names if n == pattern or re.fullmatch(pattern, n)}
+        matched |= hits
+        if not hits:
+            unmatched.append(pattern)
+    return matched, unmatched
+
+
+def default_op_types() -> list[str]:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
+
+
+class StaticQuantizer:
+    """A prepared, calibrated model that can be quantized with any set of nodes kept in float."""
+
+    def __init__(self, model: onnx.ModelProto, data, cfg: QuantizeConfig, settings: Resolved):
+        if data is None:
+            raise ConfigError("static quantization needs calibration data",
+                              "pass --calib data.npz (or an image folder); --calib synthetic only for a smoke test")
+        self.cfg, self.settings, self.notes = cfg, settings, []
+        prepared = prepare(model, run_pre_process=cfg.pre_process)
+        self.model, self.notes = prepared.model, list(prepared.notes)
+        self.op_types = list(cfg.op_types) or default_op_types()
+        self.excluded, unmatched = match_nodes(self.model, cfg.exclude)
+        if unmatched:
+            self.notes.append(f"exclude pattern(s) matched no node: {', '.join(unmatched)}")
+        if self.excluded:
+            self.notes.append(f"kept {len(self.excluded)} node(s) in float as asked (exclude)")
+        if getattr(data, "synthetic", False):
+            self.notes.append("WARNING: calibrated on SYNTHETIC random inputs; ranges may not fit real data")
+        budget = parse_size(cfg.calib_memory) if cfg.calib_memory else None
+        with workdir() as work, quiet():
+            src = write_model(self.model, work / "float.onnx")
+            self.ranges, self.info = calibrate(
+                src, data, input_specs(self.model), workdir=work, method=cfg.method, op_types=self.op_types,
+                samples=cfg.calib_size, percentile=cfg.percentile, symmetric=settings.symmetric_activations,
+                budget=budget)
+        self.notes.append(self.info.describe())
+
+    def quantizable(self) -> list[str]:
+        """Names of the nodes whose op type will be quantized (candidates for keeping in float)."""
+        wanted = set(self.op_types)
+        return [n.name for n in self.model.graph.node if n.op_type in wanted and n.name and n.name not in self.excluded]
+
+    def quantize(self, keep_float: Iterable[str] = ()) -> onnx.ModelProto:
+        from onnxruntime.quantization import QuantFormat, quantize_static
+
+        s = self.settings
+        exclude = sorted(self.excluded | set(keep_float))
+        extra = {"ActivationSymmetric": s.symmetric_activations, "WeightSymmetric": s.symmetric_weights}
+        if "16" in s.activation_type + s.weight_type:
+            extra["UseQDQContribOps"] = self.model.opset_import[0].version < 21
+        with workdir() as work, quiet():
+            src = write_model(self.model, work / "float.onnx")
+            cache = save_ranges(self.ranges, work / "ranges.json")
+            quantize_static(
+                str(src), str(work / "int8.onnx"), None,
+                quant_format=QuantFormat.QDQ if s.format == "qdq" else QuantFormat.QOperator,
+                op_types_to_quantize=self.op_types, per_channel=s.per_channel, reduce_range=self.cfg.reduce_range,
+                activation_type=ort_type(s.activation_type), weight_type=ort_type(s.weight_type),
+                nodes_to_exclude=exclude, calibrate_method=self.ranges.calibration_method,
+                extra_options=extra, calibration_cache_path=str(cache),
+            )
+            return read_model(work / "int8.onnx")

@@ -1,0 +1,101 @@
+"""Accuracy targets (``cosine>=0.999``, ``top1>=0.99``, ``max_drop=0.01``) and user metrics.
+
+A target is checked against the *float* model's outputs on the same data: ``cosine`` is the worst
+output's mean per-sample cosine, ``top1`` the top-1 agreement of class-like outputs, and
+``max_drop`` the drop of a metric: the user's ``(outputs, labels) -> float`` callable (``eval``,
+``--eval module:function``) or, without one, top-1 accuracy on the data's labels.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxopt.errors import ConfigError
+
+Metric = Callable[[Mapping[str, np.ndarray], np.ndarray | None], float]
+KINDS = ("cosine", "top1", "max_drop")
+
+
+@dataclass(frozen=True)
+class Criterion:
+    kind: str
+    threshold: float
+
+    def holds(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        return value <= self.threshold if self.kind == "max_drop" else value >= self.threshold
+
+    def __str__(self) -> str:
+        return f"{self.kind}{'<=' if self.kind == 'max_drop' else '>='}{self.threshold:g}"
+
+
+def parse_target(text: str) -> list[Criterion]:
+    """``"cosine>=0.999|top1>=0.99"`` -> criteria (all must hold)."""
+    criteria = []
+    for part in filter(None, (p.strip() for p in re.split(r"[|;&]", text))):
+        match = re.fullmatch(r"(cosine|top1|max_drop)\s*(>=|=|<=)\s*([0-9.eE+-]+)", part)
+        if not match:
+            raise ConfigError(f"bad target {part!r}", "write cosine>=0.999, top1>=0.99 or max_drop=0.01 (join with |)")
+        criteria.append(Criterion(match.group(1), float(match.group(3))))
+    if not criteria:
+        raise ConfigError("the target is empty", "e.g. target=cosine>=0.999")
+    return criteria
+
+
+def load_metric(spec: str) -> Metric:
+    """``"package.module:function"`` -> the callable ``(outputs, labels) -> float``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"bad metric {spec!r}", "write module:function, e.g. mypkg.metrics:accuracy")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import metric module {module_name!r}: {exc}") from None
+    func = getattr(module, attr, None)
+    if not callable(func):
+        raise ConfigError(f"{module_name} has no callable {attr!r}")
+    return func
+
+
+def _top1_accuracy(outputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> float:
+    if labels is None:
+        raise ConfigError("max_drop needs labelled data or a metric", "pass eval=module:function or labelled data")
+    first = np.asarray(next(iter(outputs.values())))
+    return float(np.mean(first.reshape(len(labels), -1).argmax(axis=1) == np.asarray(labels).reshape(-1)))
+
+
+class Judge:
+    """Runs candidates on fixed data and scores them against the float reference's outputs."""
+
+    def __init__(self, reference: onnx.ModelProto, data, criteria: list[Criterion], metric: Metric | None = None):
+        from onnxopt.evaluate import run
+
+        self.data, self.criteria, self.metric = data, criteria, metric or _top1_accuracy
+        self.reference = run(reference, data)
+        needs_metric = any(c.kind == "max_drop" for c in criteria)
+        self.base_metric = self.metric(self.reference, data.labels) if needs_metric else None
+
+    def score(self, candidate: onnx.ModelProto) -> dict[str, float | None]:
+        from onnxopt.evaluate import compare_outputs, run
+
+        outputs = run(candidate, self.data)
+        compared = compare_outputs(self.reference, outputs)
+        tops = [o.top1_agreement for o in compared if o.top1_agreement is not None]
+        scores: dict[str, float | None] = {"cosine": min(o.cosine_mean for o in compared),
+                                           "top1": min(tops) if tops else None, "max_drop": None}
+        if self.base_metric is not None:
+            scores["max_drop"] = self.base_metric - self.metric(outputs, self.data.labels)
+        return scores
+
+    def holds(self, scores: Mapping[str, float | None]) -> bool:
+        return all(c.holds(scores.get(c.kind)) for c in self.criteria)
+
+    def describe(self, scores: Mapping[str, float | None]) -> str:
+        return ", ".join(f"{k}={v:.5f}" for k, v in scores.items() if v is not None)
