@@ -67,7 +67,8 @@ def inspect(model: Path, shape: ShapeOpt = None, top: int = 10, json_out: JsonOp
     from rich.table import Table
 
     con = _console()
-    con.print(f"[bold]{model}[/]  opset {report.opset}, IR {report.ir_version}, {report.producer or 'unknown producer'}")
+    producer = report.producer or "unknown producer"
+    con.print(f"[bold]{model}[/]  opset {report.opset}, IR {report.ir_version}, {producer}")
     for kind, tensors in (("input", report.inputs), ("output", report.outputs)):
         for t in tensors:
             dims = "?" if t.dims is None else "x".join("?" if d is None else str(d) for d in t.dims)
@@ -88,7 +89,7 @@ def inspect(model: Path, shape: ShapeOpt = None, top: int = 10, json_out: JsonOp
 def optimize(
     model: Path,
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the optimized model.")],
-    passes: Annotated[str | None, typer.Option("--passes", help="Pipeline spec, e.g. 'simplify,prune:ratio=0.3'.")] = None,
+    passes: Annotated[str | None, typer.Option("--passes", help="Pipeline spec: 'simplify,prune:ratio=0.3'.")] = None,
     recipe: Annotated[Path | None, typer.Option("--recipe", help="TOML recipe file instead of --passes.")] = None,
     calib: Annotated[str | None, typer.Option("--calib", help=".npz/.npy, image folder, or 'synthetic'.")] = None,
     shape: ShapeOpt = None,
@@ -334,6 +335,72 @@ def _render_edge(con, payload: dict) -> None:
             con.print(f"  [red]failed:[/] {error}")
     for path in payload["settings_files"]:
         con.print(f"wrote {path}")
+
+
+@app.command("sensitivity")
+def sensitivity_cmd(
+    model: Path,
+    data: Annotated[str | None, typer.Option("--data", help=".npz/.npy, image folder, or 'synthetic'.")] = None,
+    ratios: Annotated[str, typer.Option("--ratios", help="Comma-separated ratios to try per group.")] = "0.1,0.3,0.5",
+    shape: ShapeOpt = None,
+    limit: int = 32,
+    min_score: Annotated[float, typer.Option("--min-score", help="Score floor for the suggested ratios.")] = 0.99,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write the curves as PNG/SVG (report extra).")] = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+):
+    """Prune each channel group alone at each ratio and report the fidelity/accuracy curve."""
+    import onnxopt
+    from onnxopt.errors import ConfigError
+
+    try:
+        values = [float(r) for r in ratios.split(",") if r.strip()]
+    except ValueError:
+        raise ConfigError(f"bad --ratios {ratios!r}", "e.g. --ratios 0.1,0.3,0.5") from None
+    if not values or not all(0 < r < 1 for r in values):
+        raise ConfigError(f"bad --ratios {ratios!r}", "ratios must lie in (0, 1)")
+    with _status("pruning group by group", enabled=not json_out):
+        report = onnxopt.sensitivity(model, data=data, ratios=values, shapes=_shapes(shape), limit=limit,
+                                     min_score=min_score)
+    if plot is not None:
+        _plot_sensitivity(report, plot)
+    if json_out:
+        return _emit_json(report.model_dump(mode="json"))
+    from rich.table import Table
+
+    table = Table("group", "channels", "MACs share", *[f"{report.metric} @{r}" for r in values],
+                  title=f"sensitivity of {model.name} (reference {report.metric} {report.reference:.4f})")
+    for row in report.groups:
+        by_ratio = {p["ratio"]: p["score"] for p in row["points"]}
+        table.add_row(row["producers"][0], str(row["channels"]), f"{row['macs_share']:.1%}",
+                      *[f"{by_ratio[r]:.4f}" if r in by_ratio else "-" for r in values])
+    con = _console()
+    con.print(table)
+    con.print("suggested: prune:overrides=" + "|".join(report.suggested_overrides))
+
+
+def _plot_sensitivity(report, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from onnxopt.errors import ConfigError
+
+        raise ConfigError("--plot needs matplotlib", "pip install 'onnxopt[report]'") from None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in report.groups:
+        points = row["points"]
+        ax.plot([p["ratio"] for p in points], [p["score"] for p in points], marker="o", linewidth=1,
+                label=row["producers"][0])
+    ax.set_xlabel("ratio of the group's channels removed")
+    ax.set_ylabel(report.metric)
+    if len(report.groups) <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -452,7 +452,8 @@ def save(
     target = Path(path)
     for guarded in protect:
         if Path(guarded).exists() and target.exists() and os.path.samefile(guarded, target) and not force:
-            raise OutputExistsError(f"refusing to overwrite the input model {target}", "choose another -o or pass --force")
+            raise OutputExistsError(f"refusing to overwrite the input model {target}",
+                                    "choose another -o or pass --force")
     if not target.parent.is_dir():
         raise ConfigError(f"output folder {target.parent} does not exist", "create it first")
     if external_data is None:

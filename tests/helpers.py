@@ -46,8 +46,9 @@ def tiny_classifier(seed: int = 0, batch: int | str = "N") -> onnx.ModelProto:
         helper.make_node("Gemm", ["f", "wg", "bg"], ["gm"], name="fc"),
         helper.make_node("BatchNormalization", ["gm", "g2", "be2", "m2", "v2"], ["y"], name="bn2"),
     ]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 12, 12])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])], inits)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 12, 12])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])
+    graph = helper.make_graph(nodes, "tiny", [x], [y], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
     model.ir_version = 8
     return model

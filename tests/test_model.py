@@ -75,7 +75,8 @@ def test_other_format_text_file(tmp_path):
 
 
 def test_graph_without_nodes_or_outputs(capsys, tmp_path):
-    empty = helper.make_model(helper.make_graph([], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    empty = helper.make_model(helper.make_graph([], "g", [], [output]))
     with pytest.raises(errors.InvalidModelError, match="no nodes"):
         load(empty)
     no_out = tiny_classifier()
@@ -149,7 +150,8 @@ def test_external_data_round_trip(tmp_path):
     model = load(tiny_classifier())
     target = save(model, tmp_path / "ext.onnx", external_data=True)
     assert (tmp_path / "ext.onnx.data").is_file()
-    assert any(t.data_location == TensorProto.EXTERNAL for t in onnx.load(target, load_external_data=False).graph.initializer)
+    stored = onnx.load(target, load_external_data=False)
+    assert any(t.data_location == TensorProto.EXTERNAL for t in stored.graph.initializer)
     again = load(target)
     w = {t.name: numpy_helper.to_array(t) for t in again.graph.initializer}
     ref = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

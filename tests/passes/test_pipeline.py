@@ -15,7 +15,8 @@ from tests.helpers import tiny_classifier
 def test_spec_parsing_groups_options_by_pass():
     assert parse_spec("simplify,prune:ratio=0.3,round_to=8,quantize:mode=static") == [
         ("simplify", {}), ("prune", {"ratio": "0.3", "round_to": "8"}), ("quantize", {"mode": "static"})]
-    assert parse_spec(" simplify:ort=false , fold_affine=true") == [("simplify", {"ort": "false", "fold_affine": "true"})]
+    expected = [("simplify", {"ort": "false", "fold_affine": "true"})]
+    assert parse_spec(" simplify:ort=false , fold_affine=true") == expected
 
 
 @pytest.mark.parametrize("spec", ["", ",", "ratio=0.3", "simplify,=3", "simplify:=x"])
