@@ -21,6 +21,8 @@ _API = {
     "optimize": "onnxopt.api",
     "compare": "onnxopt.api",
     "list_passes": "onnxopt.api",
+    "sensitivity": "onnxopt.api",
+    "SensitivityReport": "onnxopt.api",
     "profile": "onnxopt.api",
     "ProfileReport": "onnxopt.profile.profiler",
     "OptimizeResult": "onnxopt.api",

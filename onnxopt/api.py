@@ -177,3 +177,37 @@ def list_passes() -> dict[str, type[Pass]]:
     from onnxopt.passes import registered
 
     return registered()
+
+
+class SensitivityReport(BaseModel):
+    """Per prunable channel group: output cosine (or accuracy) after pruning only that group."""
+
+    metric: str
+    reference: float
+    ratios: list[float]
+    groups: list[dict]
+    suggested_overrides: list[str] = []
+
+
+def sensitivity(model: model_io.ModelSource, *, data: Any = None, ratios: Sequence[float] = (0.1, 0.3, 0.5),
+                shapes: Shapes | None = None, limit: int | None = 32, criterion: str = "l2",
+                min_score: float = 0.99, progress: Progress | None = None) -> SensitivityReport:
+    """Prune each channel group alone at each ratio; report the fidelity curve (accuracy when the data
+    has labels, else mean output cosine) and per-group ratios keeping the score >= ``min_score``
+    (of the reference accuracy, for accuracy), ready for ``prune:overrides=...``."""
+    from onnxopt.evaluate import fidelity
+    from onnxopt.prune.sensitivity import curves, suggest
+
+    source = load(model, shapes=shapes)
+    dataset = _dataset(data if data is not None else "synthetic:n=8,seed=0", source, shapes, limit)
+
+    def measure(candidate: onnx.ModelProto) -> float:
+        result = fidelity(source, candidate, dataset)
+        return result.accuracy_candidate if result.accuracy_candidate is not None else result.outputs[0].cosine_mean
+
+    reference = fidelity(source, source, dataset)
+    use_accuracy = reference.accuracy_reference is not None
+    base = reference.accuracy_reference if use_accuracy else 1.0
+    rows = curves(source, list(ratios), measure, shapes, criterion, progress)
+    return SensitivityReport(metric="accuracy" if use_accuracy else "cosine", reference=base, ratios=list(ratios),
+                             groups=rows, suggested_overrides=suggest(rows, min_score * base))

@@ -4,8 +4,8 @@ Importing this package registers the built-in passes; each module defers its hea
 (onnx-graphsurgeon, onnxruntime) to ``apply`` so listing passes stays fast.
 """
 
-from onnxopt.passes import simplify  # noqa: E402,F401  (registers)
-from onnxopt.passes import quantize  # noqa: E402,F401  (registers quantize, fp16)
+# imported for their @register side effect (each imports base directly, so order does not matter)
+from onnxopt.passes import prune, quantize, simplify  # noqa: F401
 from onnxopt.passes.base import (
     Choice,
     Pass,

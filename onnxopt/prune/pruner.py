@@ -1,0 +1,133 @@
+"""Structured pruning end to end: analyse, score, choose, cut, recover; and the report.
+
+Example::
+
+    pruned, report = prune_model(model, PruneOptions(ratio=0.3, round_to=8), shapes={"x": [1, 3, 320, 320]})
+    report["groups_prunable"], report["macs_coverage"]["fraction"]
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import onnx
+
+from onnxopt.errors import ConfigError
+from onnxopt.prune.analyze import Result, analyze, coverage
+from onnxopt.prune.apply import Plan, cut, guard, kept_outputs
+from onnxopt.prune.importance import class_scores
+from onnxopt.prune.ratios import Budget, choose
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    ratio: float = 0.3
+    strategy: str = "uniform"
+    criterion: str = "l2"
+    aggregate: str = "mean"
+    round_to: int = 1
+    min_channels: int = 1
+    overrides: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    target_macs: float | None = None  # fraction of MACs to remove, instead of ``ratio``
+    recover: str = "auto"  # auto (lstsq when data is given), lstsq, bias, none
+    seed: int = 0
+
+
+def estimate_macs(result: Result, removed: set[int]) -> int:
+    """MACs after removing ``removed``: each layer scales by its kept input and output fractions."""
+    plan = Plan(result, removed)
+    total = 0
+    for mac in result.an.macs:
+        macs = result.node_macs.get(mac.node.name or mac.node.outputs[0].name, 0)
+        out_frac = plan.kept(mac.out_atoms).size / mac.out_atoms.size if mac.out_atoms is not None else 1.0
+        in_frac = plan.kept(mac.in_atoms).size / mac.in_atoms.size if mac.in_atoms is not None else 1.0
+        total += macs * (out_frac if mac.depthwise else out_frac * in_frac)
+    untouched = sum(result.node_macs.values()) - sum(
+        result.node_macs.get(m.node.name or m.node.outputs[0].name, 0) for m in result.an.macs)
+    return int(total + untouched)
+
+
+def select(result: Result, scores: dict[int, float], opts: PruneOptions) -> set[int]:
+    """Classes to remove for a ratio, or, with ``target_macs``, the smallest ratio reaching it."""
+    def for_ratio(ratio: float) -> set[int]:
+        budget = Budget(ratio, opts.strategy, opts.round_to, opts.min_channels, opts.overrides, opts.ignore)
+        return guard(result, choose(result.groups, scores, budget))
+
+    if opts.target_macs is None:
+        return for_ratio(opts.ratio) if opts.ratio > 0 or opts.overrides else set()
+    total = sum(result.node_macs.values()) or 1
+    low, high, best = 0.0, 0.95, for_ratio(0.95)
+    for _ in range(12):  # bisection on the ratio; MACs fall monotonically with it
+        mid = (low + high) / 2
+        removed = for_ratio(mid)
+        if 1 - estimate_macs(result, removed) / total >= opts.target_macs:
+            high, best = mid, removed
+        else:
+            low = mid
+    return best
+
+
+def prune_model(model: onnx.ModelProto, opts: PruneOptions, shapes: Mapping[str, Sequence[int]] | None = None,
+                data: object = None) -> tuple[onnx.ModelProto, dict]:
+    """Prune ``model``; returns the new model (the input itself when nothing is removed) and a report."""
+    result = analyze(model, shapes)
+    scores = class_scores(result, opts.criterion, opts.aggregate, data)
+    removed = select(result, scores, opts)
+    report = describe(result, removed)
+    if not removed:
+        return model, report
+    kept = kept_outputs(result, removed)
+    pruned = cut(result, removed, like=model)
+    mode = opts.recover if opts.recover != "auto" else ("lstsq" if data is not None else "none")
+    if mode != "none":
+        pruned, report["recovery"] = _recover(model, pruned, data, kept, mode, opts.seed)
+    return pruned, report
+
+
+def _recover(model, pruned, data, kept, mode: str, seed: int) -> tuple[onnx.ModelProto, dict]:
+    """Re-fit, and measure the first output's cosine to the unpruned model with and without it."""
+    if data is None:
+        raise ConfigError(f"recover={mode} needs calibration data", "pass calibration data, or recover=none")
+    from onnxopt.prune.recover import output_cosine, recover
+
+    recovered, info = recover(model, pruned, data, kept, mode=mode, seed=seed)
+    if info["layers"]:
+        info["cosine_without"] = round(output_cosine(model, pruned, data), 6)
+        info["cosine_with"] = round(output_cosine(model, recovered, data), 6)
+        if info["cosine_with"] < info["cosine_without"]:  # never make it worse on the data we fitted on
+            info["kept_unrecovered"] = True
+            return pruned, info
+    return recovered, info
+
+
+def describe(result: Result, removed: set[int]) -> dict:
+    """The report: groups (prunable or not, why, channels before/after), coverage, main reasons."""
+    groups = []
+    for g in result.groups:
+        gone = len(set(g.classes) & removed)
+        groups.append({"producers": g.producers[:6] + (["..."] if len(g.producers) > 6 else []),
+                       "prunable": g.prunable, "channels": g.channels, "kept": g.channels - gone,
+                       "pinned": len(g.pinned), "reasons": g.reasons[:3]})
+    reasons = Counter(r.split(" ", 1)[0] + " " + _reason_kind(r) for g in result.groups if not g.prunable
+                      for r in g.reasons[:1])
+    total = sum(result.node_macs.values()) or 1
+    after = estimate_macs(result, removed)
+    return {
+        "groups_total": len(result.groups),
+        "groups_prunable": sum(1 for g in result.groups if g.prunable),
+        "channels_removed": len(removed),
+        "macs_coverage": coverage(result),
+        "macs_estimate_after": after,
+        "macs_estimate_drop": round(1 - after / total, 4),
+        "unprunable_reasons": dict(reasons.most_common(8)),
+        "groups": groups,
+    }
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without node names, to count the main causes."""
+    words = [w for w in reason.split(" ")[1:] if not (w.startswith("'") or w.endswith("'"))]
+    return " ".join(words)[:80]

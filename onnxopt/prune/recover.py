@@ -1,0 +1,197 @@
+"""Training-free recovery: re-fit pruned consumers so their outputs match the unpruned model's.
+
+For every Conv (group 1, 2-D), Gemm and MatMul whose input channels were cut, rows are sampled
+from calibration data: the layer's input in the *pruned* model (as im2col patches for a conv)
+and the layer's output in the *original* model (kept output channels only). ``lstsq`` solves the
+ridge-regularized least squares for weights and bias (the reconstruction step of He, Zhang and
+Sun 2017); ``bias`` keeps the weights and only re-fits the bias, which removes the mean shift the
+missing channels caused. Each layer is fitted independently on the same pruned activations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxopt.passes.graph import const_value, to_graph, to_model
+from onnxopt.prune.calib import stream
+
+MAX_FEATURES = 8192  # wider layers (VGG's 25088-wide FC) are left as cut: their normal matrix is too big
+RIDGE = 1e-3
+
+
+def _layers(pruned_graph, original_graph, mode: str) -> list:
+    """Nodes worth re-fitting: input features cut, weights constant, a shape we can im2col."""
+    before = {n.outputs[0].name: n for n in original_graph.nodes if n.outputs}
+    chosen = []
+    for node in pruned_graph.nodes:
+        if node.op not in ("Conv", "Gemm", "MatMul") or not node.outputs:
+            continue
+        old = before.get(node.outputs[0].name)
+        w, w_old = const_value(node.inputs[1]), const_value(old.inputs[1]) if old is not None else None
+        if w is None or w_old is None or w.ndim != w_old.ndim:
+            continue
+        in_axis = _in_axis(node, w)
+        if in_axis is None or w.shape[in_axis] == w_old.shape[in_axis]:
+            continue
+        if w.size // max(w.shape[_out_axis(node)], 1) + 1 > MAX_FEATURES or (node.op == "MatMul" and mode == "bias"):
+            continue
+        chosen.append(node)
+    return chosen
+
+
+def _in_axis(node, w: np.ndarray) -> int | None:
+    if node.op == "Conv":
+        return 1 if int(node.attrs.get("group", 1)) == 1 and w.ndim == 4 else None
+    if node.op == "Gemm":
+        return None if int(node.attrs.get("transA", 0)) else (1 if int(node.attrs.get("transB", 0)) else 0)
+    return 0 if w.ndim == 2 else None
+
+
+def _out_axis(node) -> int:
+    if node.op == "Gemm":
+        return 0 if int(node.attrs.get("transB", 0)) else 1
+    return 0 if node.op == "Conv" else 1
+
+
+def _conv_geometry(node, w: np.ndarray, x_shape: tuple) -> tuple:
+    k0, k1 = w.shape[2], w.shape[3]
+    s0, s1 = node.attrs.get("strides", [1, 1])
+    d0, d1 = node.attrs.get("dilations", [1, 1])
+    pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        split = []
+        for size, k, s, d in ((x_shape[2], k0, s0, d0), (x_shape[3], k1, s1, d1)):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            split.append((small, big) if auto == "SAME_UPPER" else (big, small))
+        pads = [split[0][0], split[1][0], split[0][1], split[1][1]]
+    return (k0, k1), (s0, s1), (d0, d1), pads
+
+
+def _patches(node, x: np.ndarray, w: np.ndarray, where: tuple) -> np.ndarray:
+    """im2col rows of a 2-D conv's input at output positions ``where`` = (sample, y, x)."""
+    (k0, k1), (s0, s1), (d0, d1), pads = _conv_geometry(node, w, x.shape)
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    bn, oy, ox = where
+    iy = oy[:, None] * s0 + np.arange(k0)[None, :] * d0
+    ix = ox[:, None] * s1 + np.arange(k1)[None, :] * d1
+    c = x.shape[1]
+    rows = xp[bn[:, None, None, None], np.arange(c)[None, :, None, None], iy[:, None, :, None], ix[:, None, None, :]]
+    return rows.reshape(len(bn), -1)
+
+
+def _targets(original, layers, kept_out, data, rng, per_feed: int) -> dict[str, list]:
+    """Per layer and feed: sampled positions and the original model's kept outputs there."""
+    outs = [n.outputs[0].name for n in layers]
+    found: dict[str, list] = {name: [] for name in outs}
+    for ys in stream(original, outs, data):
+        for node in layers:
+            name = node.outputs[0].name
+            y = ys[name]
+            axis = 1 if node.op == "Conv" else y.ndim - 1
+            if kept_out.get(name) is not None:
+                y = np.take(y, kept_out[name], axis=axis)
+            if node.op == "Conv":
+                n, _, oh, ow = y.shape
+                flat = rng.choice(n * oh * ow, size=min(per_feed, n * oh * ow), replace=False)
+                bn, rem = np.divmod(flat, oh * ow)
+                where = (bn, *np.divmod(rem, ow))
+                found[name].append((where, y[where[0], :, where[1], where[2]].astype(np.float64)))
+            else:
+                y2 = y.reshape(-1, y.shape[-1])
+                pick = rng.choice(len(y2), size=min(per_feed, len(y2)), replace=False)
+                found[name].append((pick, y2[pick].astype(np.float64)))
+    return found
+
+
+def _inputs(node, current, data, targets: list) -> np.ndarray:
+    """The layer's input rows in the current (partly re-fitted) model, at the target positions."""
+    rows = []
+    w = const_value(node.inputs[1])
+    for xs, (where, _) in zip(stream(current, [node.inputs[0].name], data), targets, strict=True):
+        x = xs[node.inputs[0].name]
+        rows.append(_patches(node, x, w, where) if node.op == "Conv" else x.reshape(-1, x.shape[-1])[where])
+    return np.concatenate(rows).astype(np.float64)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, bias: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares for [W | b] (``lstsq``) or just b (``bias``); W as rows = output channels."""
+    if mode == "bias":
+        return w, (y - x @ w.T).mean(axis=0)
+    a = np.hstack([x, np.ones((len(x), 1))])
+    gram = a.T @ a
+    gram[np.diag_indices_from(gram)] += RIDGE * (np.trace(gram) / len(gram) + 1e-12)
+    sol = np.linalg.solve(gram, a.T @ y)
+    return sol[:-1].T, sol[-1]
+
+
+def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, data, kept_out: dict[str, np.ndarray],
+            mode: str = "lstsq", seed: int = 0, rows_per_layer: int = 4096) -> tuple[onnx.ModelProto, dict]:
+    """Re-fit the cut consumers of ``pruned`` on ``data``; returns the new model and what was done."""
+    graph = to_graph(pruned)
+    layers = _layers(graph, to_graph(original), mode)
+    if not layers:
+        return pruned, {"mode": mode, "layers": 0}
+    import onnx_graphsurgeon as gs
+
+    rng = np.random.default_rng(seed)
+    targets = _targets(original, layers, kept_out, data, rng, max(rows_per_layer // max(len(data), 1), 64))
+    for node in layers:  # in graph order, each on the model with the layers before it re-fitted
+        current = gs.export_onnx(graph.copy(), do_type_check=False)
+        current.ir_version = pruned.ir_version
+        x = _inputs(node, current, data, targets[node.outputs[0].name])
+        y = np.concatenate([t[1] for t in targets[node.outputs[0].name]])
+        _write(node, *_solve(node, x, y, mode))
+    return to_model(graph, like=pruned), {"mode": mode, "layers": len(layers)}
+
+
+def _solve(node, x: np.ndarray, y: np.ndarray, mode: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """New weights (in the layer's own layout) and bias; None where the layer keeps its own."""
+    w = const_value(node.inputs[1])
+    out_axis = _out_axis(node)
+    scale = float(node.attrs.get("alpha", 1.0)) if node.op == "Gemm" else 1.0
+    w2 = np.moveaxis(w, out_axis, 0).reshape(w.shape[out_axis], -1).astype(np.float64) * scale
+    if node.op == "MatMul":  # no bias input to re-fit: weights only
+        new_w, new_b = _ridge_no_bias(x, y), None
+    else:
+        has_bias = len(node.inputs) > 2 and node.inputs[2].name
+        bias = const_value(node.inputs[2]).reshape(-1) if has_bias else np.zeros(w2.shape[0])
+        new_w, new_b = _fit(x, y, w2, bias, mode)
+    rest = tuple(np.delete(np.array(w.shape), out_axis))
+    shaped = np.moveaxis(new_w.reshape((w.shape[out_axis],) + rest), 0, out_axis)
+    return shaped.astype(w.dtype), None if new_b is None else new_b.astype(w.dtype)
+
+
+def _write(node, weight: np.ndarray, bias: np.ndarray | None) -> None:
+    import onnx_graphsurgeon as gs
+
+    node.inputs[1] = gs.Constant(f"{node.inputs[1].name}_refit", weight)
+    if node.op == "Gemm":
+        node.attrs["alpha"], node.attrs["beta"] = 1.0, 1.0
+    if bias is None:
+        return
+    b_const = gs.Constant(f"{node.outputs[0].name}_bias_refit", bias)
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        node.inputs[2] = b_const
+    else:
+        node.inputs.append(b_const)
+
+
+def output_cosine(reference: onnx.ModelProto, candidate: onnx.ModelProto, data) -> float:
+    """Mean per-sample cosine of the first output: a quick fidelity number for the pass report."""
+    name = reference.graph.output[0].name
+    cosines = []
+    for a, b in zip(stream(reference, [name], data), stream(candidate, [name], data), strict=True):
+        x, y = a[name].reshape(len(a[name]), -1).astype(np.float64), b[name].reshape(len(b[name]), -1)
+        denom = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+        cosines.extend(np.where(denom > 0, (x * y).sum(axis=1) / np.maximum(denom, 1e-300), 1.0).tolist())
+    return float(np.mean(cosines))
+
+
+def _ridge_no_bias(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    gram = x.T @ x
+    gram[np.diag_indices_from(gram)] += RIDGE * (np.trace(gram) / len(gram) + 1e-12)
+    return np.linalg.solve(gram, x.T @ y).T

@@ -1,0 +1,27 @@
+"""The sensitivity command: one curve per prunable group, damage grows with the ratio, suggestions apply."""
+
+from __future__ import annotations
+
+import json
+
+from onnxopt.passes import PassContext, get_pass, run_pass
+from tests.conftest import DIGITS, DIGITS_EVAL, load_corpus
+from tests.helpers import run_cli
+
+
+def test_sensitivity_cli_json_and_suggestions(capsys):
+    code, out, err = run_cli(["sensitivity", DIGITS, "--data", DIGITS_EVAL, "--limit", "100", "--ratios", "0.2,0.6",
+                              "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["metric"] == "accuracy" and len(report["groups"]) >= 5
+    worst = {row["group"]: [p["score"] for p in row["points"]] for row in report["groups"] if len(row["points"]) == 2}
+    assert any(scores[1] < scores[0] for scores in worst.values())  # pruning more of a group hurts it more
+    overrides = "|".join(report["suggested_overrides"])
+    _, record = run_pass(get_pass("prune")(ratio=0.0, overrides=overrides), load_corpus("digits"), PassContext())
+    assert record.after.macs < record.before.macs
+
+
+def test_sensitivity_cli_rejects_bad_ratios(capsys):
+    code, _, err = run_cli(["sensitivity", DIGITS, "--ratios", "0.3,1.5"], capsys)
+    assert code == 2 and "ratios" in err
