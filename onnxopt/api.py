@@ -113,18 +113,25 @@ def optimize(
     fidelity_samples: int = 128,
     profile: Any = None,
     progress: Progress | None = None,
+    metric: str | None = None,
 ) -> OptimizeResult:
     """Run a pipeline on a model and measure the result against the input, all in memory.
 
     ``passes`` is a spec string (``"simplify,prune:ratio=0.3"``), pass objects or (name, options)
     pairs; ``recipe`` a TOML file. ``calib`` is calibration data: a path (.npz/.npy/image folder),
     a mapping of arrays, a ``Dataset``, or ``"synthetic"``. ``shapes`` fixes symbolic input dims.
+    ``metric`` (``"module:function"``, ``(outputs, labels) -> float``) becomes the ``eval`` option of
+    every ``quantize`` pass, for ``max_drop`` targets (the same as writing ``quantize:eval=...``).
     """
     if (passes is None) == (recipe is None):
         from onnxopt.errors import ConfigError
 
         raise ConfigError("give exactly one of passes or recipe", "e.g. passes='simplify'")
     pipeline = build(load_recipe(recipe) if recipe is not None else passes)
+    if metric is not None:
+        from onnxopt.passes.quantize import use_metric
+
+        pipeline = use_metric(pipeline, metric)
     source = load(model, shapes=shapes)
     data = _dataset(calib, source, shapes, None) if calib is not None else None
     ctx = PassContext(data=data, profile=profile, seed=seed, shapes=shapes, progress=progress)

@@ -96,6 +96,9 @@ def optimize(
     seed: int = 0,
     external_data: Annotated[bool | None, typer.Option("--external-data/--no-external-data")] = None,
     force: Annotated[bool, typer.Option("--force", help="Allow overwriting the input model.")] = False,
+    eval_metric: Annotated[str | None, typer.Option(
+        "--eval", help="module:function, a metric (outputs, labels) -> float for quantize's max_drop target "
+        "(the same as quantize:eval=...).")] = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ):
@@ -109,7 +112,7 @@ def optimize(
         raise OutputExistsError(f"refusing to overwrite the input model {model}", "choose another -o or pass --force")
     with _pass_progress(enabled=not json_out) as progress:
         result = onnxopt.optimize(model, passes, recipe=recipe, calib=calib, shapes=_shapes(shape), seed=seed,
-                                  progress=progress)
+                                  progress=progress, metric=eval_metric)
     onnxopt.save(result.model, output, external_data=external_data, protect=[model], force=force)
     payload = result.report.model_dump(mode="json")
     payload["output"] = str(output)

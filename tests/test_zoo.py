@@ -16,10 +16,13 @@ import pytest
 
 from onnxopt import zoo
 from onnxopt.errors import OnnxOptError
+from tests.conftest import load_corpus
 
 LIGHT = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet",
          "squeezenet", "vgg19", "zfnet512"]
 _DIGESTS: dict[tuple[str, int], str] = {}  # sha256 of built models, so each is built as few times as possible
+# building these three means drawing and calibrating 60-140M weights: their rebuild-twice check is slow
+HEAVY = {"bvlc_alexnet", "vgg19", "zfnet512"}
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -42,7 +45,7 @@ def test_unknown_light_model_names_the_valid_ones():
 
 @pytest.mark.parametrize("name", LIGHT)
 def test_light_model_is_valid_and_runs_on_its_image_input(name):
-    model = zoo.light_zoo_model(name)
+    model = load_corpus(f"light_{name}")  # the corpus build (seed 0), shared with the other tests
     _DIGESTS[name, 0] = _digest(model)
     onnx.checker.check_model(model, full_check=True)
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [9]
@@ -63,7 +66,7 @@ def test_light_model_is_valid_and_runs_on_its_image_input(name):
         assert probs.max() < 0.5
 
 
-@pytest.mark.parametrize("name", LIGHT)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in LIGHT])
 def test_light_model_bytes_depend_only_on_the_seed(name):
     first = _DIGESTS.get((name, 0)) or _digest(zoo.light_zoo_model(name, seed=0))
     assert _digest(zoo.light_zoo_model(name, seed=0)) == first

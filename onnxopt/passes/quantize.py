@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import onnx
 
+from onnxopt.errors import ConfigError
 from onnxopt.passes.base import Choice, Pass, PassContext, register
 from onnxopt.quant.config import QuantizeConfig
 from onnxopt.quant.fp16 import Fp16Config
@@ -50,3 +51,25 @@ class Fp16(Pass):
         from onnxopt.quant.run import fp16
 
         return fp16(model, self.config, ctx)
+
+
+def use_metric(pipeline, metric: str):
+    """``--eval module:function`` / ``optimize(metric=...)``: the user metric for the ``quantize``
+    passes of ``pipeline`` (their ``eval`` option), so that ``max_drop`` targets measure it.
+
+    Refused when no quantize pass is there to use it, or one already names another metric."""
+    from onnxopt.passes.pipeline import Pipeline
+    from onnxopt.quant.targets import load_metric
+
+    load_metric(metric)  # fail now, with the import error, rather than after calibration
+    found = [i for i, p in enumerate(pipeline.passes) if isinstance(p, Quantize)]
+    if not found:
+        raise ConfigError("--eval gives a metric to the quantize pass, and the pipeline has none",
+                          "add e.g. quantize:target=max_drop=0.01 to --passes")
+    passes = list(pipeline.passes)
+    for i in found:
+        current = passes[i].config.eval
+        if current not in (None, metric):
+            raise ConfigError(f"quantize already has eval={current}, and --eval says {metric}", "give one")
+        passes[i] = Quantize(config=passes[i].config.model_copy(update={"eval": metric}))
+    return Pipeline(passes)

@@ -1,31 +1,43 @@
 """Accuracy-keeping mixed precision: int8 everywhere except the fewest, most sensitive nodes.
 
-1. Quantize everything (QDQ) and measure each activation's *local* quantization noise with
-   onnxruntime's ``qdq_loss_debug`` (SQNR of a float tensor against its own Q->DQ round trip, so
-   errors from earlier layers do not make late layers look guilty). Weights get their SQNR too.
-2. Rank the quantizable nodes by the worst SQNR on their inputs, output and weight.
+1. Quantize everything (QDQ) and compare every activation with the float model's
+   (onnxruntime's ``qdq_loss_debug``: ``xmodel_err``, the SQNR in dB of the QDQ model's tensor
+   against the float model's tensor of the same name).
+2. Rank the quantizable nodes by how much SQNR they *lose*: the worst SQNR arriving on their
+   inputs minus the SQNR leaving their output, so a late node is not blamed for earlier noise.
 3. Bisect on how many top-ranked nodes to keep in float until the target holds
    (:func:`onnxopt.quant.search.bisect_fallback`).
 
-The report lists every node kept in float with the SQNR (dB) it carried.
+Why not ``qdq_err`` (a tensor against its own Q->DQ round trip in the QDQ model)? The quantizer
+folds a Relu/Clip into the Conv before it and gives the Conv's output the Relu's tensor name, so
+for every such tensor ``pre_qdq`` is the pre-activation and ``post_qdq`` the clipped one: the
+"noise" is the negative half of the signal (~3 dB on digits). ``xmodel_err`` compares tensors
+that mean the same thing in both models.
+
+The report lists every node kept in float with its output SQNR and the dB it loses.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from onnxopt.model import available_memory, input_specs
 from onnxopt.quant.calib import FeedReader, dataset_feeds
+from onnxopt.quant.nodetime import Anchors
 from onnxopt.quant.ortio import quiet, workdir, write_model
 from onnxopt.quant.search import SearchResult, bisect_fallback
 from onnxopt.quant.static import StaticQuantizer
 from onnxopt.quant.targets import Judge
 
 RANK_SAMPLES = 4
+MAX_DB = 100.0  # a graph input's SQNR when none was measured: above anything int8 reaches
 
 
 def _activation_sqnr(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, feeds: list[dict]) -> dict[str, float]:
+    """Tensor -> SQNR (dB) of the QDQ model's activation against the float model's (``xmodel_err``)."""
     from onnxruntime.quantization import qdq_loss_debug as dbg
 
     with workdir() as work, quiet():
@@ -37,7 +49,7 @@ def _activation_sqnr(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, f
         float_acts = dbg.collect_activations(str(work / "float_aug.onnx"), FeedReader(feeds))
     matched = dbg.create_activation_matching(qdq_acts, float_acts)
     errors = dbg.compute_activation_error(matched)
-    return {name: float(err["qdq_err"]) for name, err in errors.items() if "qdq_err" in err}
+    return {name: float(err["xmodel_err"]) for name, err in errors.items() if "xmodel_err" in err}
 
 
 def _weight_sqnr(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto) -> dict[str, float]:
@@ -50,8 +62,24 @@ def _weight_sqnr(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto) -> di
     return {name: float(v) for name, v in dbg.compute_weight_error(matched).items()}
 
 
-def rank_nodes(quantizer: StaticQuantizer, qdq_model: onnx.ModelProto, data) -> list[tuple[str, float]]:
-    """Quantizable nodes with their worst SQNR (dB), most sensitive first."""
+@dataclass(frozen=True)
+class Sensitivity:
+    """A node's output SQNR against float (dB), the dB it loses, and its weight's SQNR."""
+
+    node: str
+    output_db: float
+    loss_db: float
+    weight_db: float | None = None
+    members: tuple[str, ...] = ()
+
+    def row(self) -> dict:
+        return {"node": self.node, "output_sqnr_db": round(self.output_db, 2), "loss_db": round(self.loss_db, 2),
+                "weight_sqnr_db": None if self.weight_db is None else round(self.weight_db, 2)}
+
+
+def rank_nodes(quantizer: StaticQuantizer, qdq_model: onnx.ModelProto, data) -> list[Sensitivity]:
+    """Quantizable groups (a Conv/Gemm with the Relu/Clip the quantizer folds into it, named by the
+    Conv) by the SQNR they lose (dB), most sensitive first."""
     specs = input_specs(quantizer.model)
     feeds = list(dataset_feeds(data, specs, 1))
     per_sample = sum(np.asarray(v).nbytes for v in feeds[0].values()) * 64  # rough: activations >> inputs
@@ -59,17 +87,28 @@ def rank_nodes(quantizer: StaticQuantizer, qdq_model: onnx.ModelProto, data) -> 
     feeds = list(dataset_feeds(data, specs, samples))
     acts = _activation_sqnr(quantizer.model, qdq_model, feeds)
     weights = _weight_sqnr(quantizer.model, qdq_model)
-    wanted = set(quantizer.quantizable())
+    nodes = {n.name: n for n in quantizer.model.graph.node}
+    producer = {o: n for n in quantizer.model.graph.node for o in n.output}
+
+    def arriving(tensor: str, depth: int = 3) -> float | None:
+        """SQNR on a tensor; for one the quantizer renamed away (a folded Relu's input), upstream's."""
+        if tensor in acts:
+            return acts[tensor] if np.isfinite(acts[tensor]) else None
+        if depth == 0 or tensor not in producer:
+            return None
+        found = [v for v in (arriving(t, depth - 1) for t in producer[tensor].input) if v is not None]
+        return min(found) if found else None
+
     ranked = []
-    for node in quantizer.model.graph.node:
-        if node.name not in wanted:
+    for head, members in Anchors(quantizer.model, quantizer.quantizable()).members().items():
+        outputs = [acts[t] for t in nodes[members[-1]].output if t in acts]
+        if not outputs or not np.isfinite(min(outputs)):
             continue
-        values = [acts[t] for t in list(node.input) + list(node.output) if t in acts]
-        values += [weights[t] for t in node.input if t in weights]
-        finite = [v for v in values if np.isfinite(v)]
-        if finite:
-            ranked.append((node.name, min(finite)))
-    ranked.sort(key=lambda item: item[1])
+        inputs = [v for v in (arriving(t) for t in nodes[head].input if t not in weights) if v is not None]
+        weight = min((weights[t] for t in nodes[head].input if t in weights), default=None)
+        out = min(outputs)
+        ranked.append(Sensitivity(head, out, (min(inputs) if inputs else MAX_DB) - out, weight, tuple(members)))
+    ranked.sort(key=lambda s: (-s.loss_db, s.output_db))
     return ranked
 
 
@@ -81,17 +120,23 @@ def keep_accuracy(quantizer: StaticQuantizer, judge: Judge, data, notes: list[st
     if quantizer.settings.format != "qdq":  # qdq_loss_debug reads QDQ models; rank on one, build in the asked format
         ranking_quantizer = _as_qdq(quantizer, replace)
     ranked = rank_nodes(quantizer, ranking_quantizer.quantize(), data)
-    sqnr = dict(ranked)
-    result = bisect_fallback([name for name, _ in ranked], quantizer.quantize, judge, "mixed precision")
+    sqnr = {s.node: s for s in ranked}
+    groups = {s.node: s.members or (s.node,) for s in ranked}
+
+    def build(heads: set[str]) -> onnx.ModelProto:
+        return quantizer.quantize({m for h in heads for m in groups[h]})
+
+    result = bisect_fallback([s.node for s in ranked], build, judge, "mixed precision")
+    result.kept = [m for h in result.kept for m in groups[h]]
     total = len(quantizer.quantizable())
     notes.append(f"mixed precision: {len(result.kept)} of {total} quantizable node(s) kept in float "
                  f"({100 * len(result.kept) / max(total, 1):.1f}%) to meet {', '.join(map(str, judge.criteria))}; "
                  f"{judge.describe(result.scores)} after {len(result.trail)} evaluations")
     if result.kept:
-        notes.append("kept in float (local SQNR dB): " + ", ".join(f"{n} ({sqnr.get(n, float('nan')):.1f})"
-                                                                   for n in result.kept[:20])
-                     + (" ..." if len(result.kept) > 20 else ""))
-    result.scores["sqnr_db"] = {n: sqnr.get(n) for n in result.kept}
+        notes.append("kept in float (output SQNR vs float dB / dB lost in the node): " + ", ".join(
+            f"{n} ({sqnr[n].output_db:.1f}/{sqnr[n].loss_db:.1f})" for n in result.kept[:20] if n in sqnr)
+            + (" ..." if len(result.kept) > 20 else ""))
+    result.scores["sensitivity"] = [s.row() for s in ranked]
     return result
 
 

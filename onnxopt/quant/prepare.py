@@ -13,6 +13,7 @@ what it did (``Prepared.notes``):
 - ``quant_pre_process`` (symbolic shape inference + ORT optimization) helps, but needs sympy and
   fails on some graphs (an AssertionError in ``_infer_Concat`` on PP-OCR cls); it is retried
   without symbolic shape inference, then skipped, and each outcome is recorded.
+- unnamed nodes cannot be kept in float (``nodes_to_exclude`` matches names) -> :func:`name_nodes`.
 - a model that is already quantized (ConvInteger, DynamicQuantizeLinear, QDQ...) makes the
   quantizers crash deep inside; :func:`refuse_if_quantized` says so up front.
 """
@@ -187,7 +188,27 @@ def prepare(model: onnx.ModelProto, *, opset: int = QDQ_OPSET, run_pre_process: 
     if run_pre_process:
         work, note, ran = pre_process(work)
         notes.append(note)
+    named = name_nodes(work)  # after pre-processing, which may add unnamed nodes
+    if named:
+        notes.append(f"named {named} unnamed node(s) so they can be kept in float by name")
     return Prepared(work, notes, ran)
+
+
+def name_nodes(model: onnx.ModelProto) -> int:
+    """Give every unnamed top-level node a unique name ``<op>_<index>``, in place."""
+    taken = {n.name for n in model.graph.node if n.name}
+    named = 0
+    for index, node in enumerate(model.graph.node):
+        if node.name:
+            continue
+        name, suffix = f"{node.op_type}_{index}", 0
+        while name in taken:
+            suffix += 1
+            name = f"{node.op_type}_{index}_{suffix}"
+        node.name = name
+        taken.add(name)
+        named += 1
+    return named
 
 
 def _set_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:

@@ -11,6 +11,8 @@ import onnx
 from onnxopt.errors import ConfigError
 from onnxopt.quant.config import QuantizeConfig, resolve
 
+LATENCY_SAMPLES = 4  # inputs cycled through while timing (a batch-1 model runs one at a time)
+
 
 def quantize(model: onnx.ModelProto, cfg: QuantizeConfig, ctx) -> onnx.ModelProto:
     notes: list[str] = []
@@ -41,6 +43,9 @@ def _static(model: onnx.ModelProto, cfg: QuantizeConfig, ctx, notes: list[str]) 
     notes.extend(quantizer.notes)
     ctx.details["quantize"] = {"settings": settings.__dict__, "calibration": quantizer.info.__dict__,
                                "quantizable_nodes": len(quantizer.quantizable())}
+    if cfg.target and cfg.latency_aware:
+        raise ConfigError("target and latency_aware cannot be combined yet",
+                          "use one: target=... keeps accuracy, latency_aware=true keeps speed")
     if cfg.target:
         from onnxopt.quant.mixed import keep_accuracy
         from onnxopt.quant.targets import Judge, load_metric, parse_target
@@ -50,9 +55,28 @@ def _static(model: onnx.ModelProto, cfg: QuantizeConfig, ctx, notes: list[str]) 
         result = keep_accuracy(quantizer, judge, ctx.data, notes)
         ctx.details["quantize"].update(kept_in_float=result.kept, scores=result.scores, search=result.trail)
         return result.model
-    if cfg.latency_aware:  # issue 3 item 5: not built yet; refuse rather than pretend
-        raise ConfigError("latency_aware=true is not implemented yet", "quantize fully, or exclude slow nodes by name")
+    if cfg.latency_aware:
+        return _latency_aware(model, quantizer, ctx, notes)
     return quantizer.quantize()
+
+
+def _latency_aware(model: onnx.ModelProto, quantizer, ctx, notes: list[str]) -> onnx.ModelProto:
+    from onnxopt.model import input_specs
+    from onnxopt.quant.calib import dataset_feeds
+    from onnxopt.quant.latency import latency_aware
+
+    feeds = list(dataset_feeds(ctx.data, input_specs(quantizer.model), LATENCY_SAMPLES))
+    result = latency_aware(quantizer, model, feeds, ctx.profile)
+    notes.extend(result.notes)
+    ctx.details["quantize"].update(
+        latency_aware={"choice": result.choice, "whole_model": result.whole,
+                       "nodes": [d.row() for d in result.decisions], "unattributed_us": result.unattributed_us},
+        kept_in_float=result.kept_in_float())
+    if result.choice == "fp32":
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        return out
+    return result.model
 
 
 def fp16(model: onnx.ModelProto, cfg, ctx) -> onnx.ModelProto:

@@ -11,13 +11,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from corpus_data import cls_inputs, det_inputs  # noqa: E402
-
 from onnxopt.data import Dataset  # noqa: E402
 from onnxopt.evaluate import run  # noqa: E402
 from onnxopt.model import fix_input_shapes  # noqa: E402
 from onnxopt.quant.prepare import negative_dims_to_symbolic  # noqa: E402
 from onnxopt.zoo import corpus  # noqa: E402
+from tests.corpus_data import cls_inputs, det_inputs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

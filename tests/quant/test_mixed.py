@@ -1,0 +1,43 @@
+"""The mixed-precision sensitivity ranking: plausible SQNR numbers, and an order that means something."""
+
+from __future__ import annotations
+
+from onnxopt.passes import PassContext
+from onnxopt.passes.quantize import Quantize
+from onnxopt.quant.config import QuantizeConfig, resolve
+from onnxopt.quant.mixed import rank_nodes
+from onnxopt.quant.static import StaticQuantizer
+from onnxopt.quant.targets import Judge, parse_target
+
+
+def test_sqnr_numbers_are_plausible_and_the_ranking_is_real(digits):
+    model, calib, _ = digits
+    cfg = QuantizeConfig()
+    q = StaticQuantizer(model, calib, cfg, resolve(cfg))
+    ranked = rank_nodes(q, q.quantize(), calib)
+    ops = {n.name: n.op_type for n in q.model.graph.node}
+    convs = [s for s in ranked if ops[s.node] == "Conv"]
+    assert convs and all(10.0 < s.output_db < 60.0 for s in convs), [(s.node, s.output_db) for s in convs]
+    assert all(25.0 < s.weight_db < 70.0 for s in convs)  # s8 per-channel weights: ~45 dB
+    # the quantizer folds the stem's Relu into its Conv: one decision, ranked under the Conv's name
+    stem = next(s for s in ranked if s.node == "/stem/stem.0/Conv")
+    assert "/Relu" in stem.members and "/Relu" not in {s.node for s in ranked}
+    assert ranked[0].loss_db > ranked[-1].loss_db
+    judge = Judge(q.model, calib, parse_target("cosine>=0.999"))
+
+    def damage(keep: tuple[str, ...]) -> float:
+        return 1.0 - judge.score(q.quantize(set(keep)))["cosine"]
+
+    first, last = ranked[0], ranked[-1]
+    assert damage(first.members) < damage(last.members)  # the top-ranked node hurts more when quantized
+
+
+def test_mixed_report_carries_sqnr_for_kept_nodes(digits):
+    model, calib, _ = digits
+    ctx = PassContext(data=calib)
+    Quantize(target="cosine>=0.99995").apply(model, ctx)
+    details = ctx.details["quantize"]
+    rows = details["scores"]["sensitivity"]
+    assert rows and all(10.0 < r["output_sqnr_db"] < 100.0 for r in rows)
+    if details["kept_in_float"]:
+        assert any("dB lost" in n for n in ctx.notes)
