@@ -322,5 +322,22 @@ def corpus() -> dict[str, Callable[[], onnx.ModelProto]]:
         "ppocr_cls": functools.partial(_ppocr_model, "ppocr_cls"),
     }
     for name in light_zoo_names():
-        loaders[f"light_{name}"] = functools.partial(light_zoo_model, name)
+        loaders[f"light_{name}"] = functools.partial(cached_light_zoo_model, name)
     return loaders
+
+
+def cached_light_zoo_model(name: str, seed: int = 0) -> onnx.ModelProto:
+    """:func:`light_zoo_model`, kept in ``cache_dir()/light`` after the first build.
+
+    The key names the onnx and numpy versions, since the calibration pass sums in numpy and the
+    bytes are only promised to repeat for one build of both. Written atomically."""
+    folder = cache_dir() / "light"
+    path = folder / f"{name}-seed{seed}-onnx{onnx.__version__}-numpy{np.__version__}.onnx"
+    if path.is_file():
+        return onnx.load(str(path))
+    model = light_zoo_model(name, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
+        handle.write(model.SerializeToString())
+    os.replace(handle.name, path)
+    return model

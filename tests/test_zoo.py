@@ -201,3 +201,16 @@ def test_ppocr_model_runs(name, shape):
     else:  # 0 / 180 degree probabilities
         assert out.shape == (1, 2)
         np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_built_light_models_are_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXOPT_CACHE", str(tmp_path))
+    built = zoo.cached_light_zoo_model("squeezenet")
+    cached = list((tmp_path / "light").iterdir())
+    assert len(cached) == 1 and cached[0].suffix == ".onnx"
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("rebuilt although cached")
+
+    monkeypatch.setattr(zoo, "light_zoo_model", no_rebuild)
+    assert zoo.cached_light_zoo_model("squeezenet").SerializeToString() == built.SerializeToString()
