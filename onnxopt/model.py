@@ -253,7 +253,7 @@ def validate(model: onnx.ModelProto) -> None:
             "these need a custom-op library, which onnxopt never loads from a model",
         )
     try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
+        if serialized_size(model) < PROTOBUF_LIMIT:
             onnx.checker.check_model(model, full_check=True)
         else:
             onnx.checker.check_model(_strip_weights(model), full_check=False)
@@ -323,6 +323,59 @@ def skeleton(model: onnx.ModelProto, max_elements: int = SKELETON_MAX_ELEMENTS) 
             g.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     light.ir_version = max(light.ir_version, 4)  # initializers need not be inputs from IR 4 on
     return light
+
+
+def _varint_len(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def serialized_size(model: onnx.ModelProto) -> int:
+    """``model.ByteSize()`` without reading large weight payloads: upb copies a bytes field on every
+    access, which costs seconds per call on a VGG-sized model. Exact for raw_data tensors whose
+    length matches their dims (the checker's invariant)."""
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    extra = 0
+    for tensor in model.graph.initializer:
+        itemsize = _ITEMSIZE.get(tensor.data_type)
+        if not (itemsize and tensor.HasField("raw_data") and math.prod(tensor.dims) > SKELETON_MAX_ELEMENTS):
+            light.graph.initializer.append(tensor)
+            continue
+        stub = onnx.TensorProto(dims=tensor.dims, data_type=tensor.data_type, external_data=tensor.external_data,
+                                metadata_props=tensor.metadata_props)
+        # proto2 counts whether a field is set; ListFields() would copy raw_data, so ask field by field
+        for optional in ("name", "doc_string", "data_location"):
+            if tensor.HasField(optional):
+                setattr(stub, optional, getattr(tensor, optional))
+        if tensor.HasField("segment"):
+            stub.segment.CopyFrom(tensor.segment)
+        light.graph.initializer.append(stub)
+        payload = math.prod(tensor.dims) * itemsize
+        body = stub.ByteSize()
+        full = body + 1 + _varint_len(payload) + payload
+        extra += full - body + _varint_len(full) - _varint_len(body)
+    graph = light.graph.ByteSize()  # the graph's own length prefix grows with it too
+    return light.ByteSize() + extra + _varint_len(graph + extra) - _varint_len(graph)
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    """Copy every set field of a protobuf message but one (to leave the heavy one behind)."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field (FieldDescriptor.label is gone in protobuf 7)
+            getattr(target, field.name).extend(value)
+        elif field.message_type:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
+             onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
+             onnx.TensorProto.INT16: 2, onnx.TensorProto.UINT16: 2, onnx.TensorProto.INT32: 4,
+             onnx.TensorProto.INT64: 8, onnx.TensorProto.UINT32: 4, onnx.TensorProto.UINT64: 8}
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -457,7 +510,7 @@ def save(
     if not target.parent.is_dir():
         raise ConfigError(f"output folder {target.parent} does not exist", "create it first")
     if external_data is None:
-        external_data = model.ByteSize() >= PROTOBUF_LIMIT
+        external_data = serialized_size(model) >= PROTOBUF_LIMIT
     data_name = target.name + ".data"
     tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxopt-", dir=target.parent))
     try:

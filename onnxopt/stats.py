@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import onnx
 from pydantic import BaseModel
 
-from onnxopt.model import fix_input_shapes, infer_shapes, input_specs, iter_tensors, skeleton
+from onnxopt.model import fix_input_shapes, infer_shapes, input_specs, iter_tensors, serialized_size, skeleton
 
 # dtypes that hold learned weights (shape tensors and indices are not parameters)
 WEIGHT_TYPES = {
@@ -146,7 +146,7 @@ def model_stats(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | No
         macs=None if unknown else known,
         macs_known=known,
         layers_unknown=unknown,
-        size_bytes=model.ByteSize(),
+        size_bytes=serialized_size(model),
         opset=opset,
         op_histogram=dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
     )

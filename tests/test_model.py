@@ -211,3 +211,14 @@ def test_opset_upgrade():
         upgrade_opset(model, 9)
     upgraded = load(tiny_classifier(), opset=18)
     assert next(o.version for o in upgraded.opset_import if o.domain == "") == 18
+
+
+@pytest.mark.parametrize("name", ["digits", "ppocr_cls", "light_resnet50", "light_squeezenet"])
+def test_serialized_size_is_exact_without_reading_weights(name):
+    from onnxopt.model import serialized_size
+    from tests.conftest import load_corpus
+
+    model = load_corpus(name)
+    assert serialized_size(model) == model.ByteSize()
+    model.graph.initializer[0].doc_string = "x" * 300  # a 2-byte length prefix inside a stub
+    assert serialized_size(model) == model.ByteSize()

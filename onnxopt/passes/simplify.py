@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxopt.model import ort_optimize
+from onnxopt.model import PROTOBUF_LIMIT, ort_optimize, serialized_size
 from onnxopt.passes.base import Choice, Pass, PassConfig, PassContext, register
 from onnxopt.passes.graph import const_value, only_consumer, to_graph, to_model
 
@@ -57,7 +57,7 @@ class Simplify(Pass):
 
 
 def _ort_basic(model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
-    if model.ByteSize() >= 2**31 - 1:
+    if serialized_size(model) >= PROTOBUF_LIMIT:
         ctx.note("skipped onnxruntime optimization: model above 2 GB")
         return model
     try:
