@@ -107,7 +107,10 @@ def _node_params(node: onnx.NodeProto, weights: Mapping[str, int]) -> int:
 
 def layer_costs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None = None) -> list[LayerCost]:
     """Params and MACs of every compute node (MAC_OPS), in graph order."""
-    table = _shape_table(_with_shapes(skeleton(model), shapes))
+    sized = _with_shapes(skeleton(model), shapes)
+    table = _shape_table(sized)
+    if any(_node_macs(n, table) is None for n in model.graph.node if n.op_type in MAC_OPS):
+        table.update(_shape_table(_fold_shape_math(sized)))
     weights = {t.name: _tensor_elements(t) for t in model.graph.initializer if t.data_type in WEIGHT_TYPES}
     for node in model.graph.node:
         if node.op_type == "Constant":
@@ -120,6 +123,19 @@ def layer_costs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | No
         for node in model.graph.node
         if node.op_type in MAC_OPS
     ]
+
+
+def _fold_shape_math(sized: onnx.ModelProto) -> onnx.ModelProto:
+    """Shapes that onnx inference cannot see through Shape -> Gather -> Concat -> Reshape chains
+    (Paddle's exports): fold that shape arithmetic with graphsurgeon, then infer again."""
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(sized)
+    graph.fold_constants(fold_shapes=True, error_ok=True).cleanup()
+    folded = gs.export_onnx(graph, do_type_check=False)
+    folded.ir_version = sized.ir_version
+    del folded.graph.value_info[:]
+    return infer_shapes(folded)
 
 
 def _with_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None) -> onnx.ModelProto:
