@@ -111,6 +111,7 @@ def optimize(
     seed: int = 0,
     fidelity: bool = True,
     fidelity_samples: int = 128,
+    data: Any = None,
     profile: Any = None,
     progress: Progress | None = None,
     metric: str | None = None,
@@ -120,6 +121,9 @@ def optimize(
     ``passes`` is a spec string (``"simplify,prune:ratio=0.3"``), pass objects or (name, options)
     pairs; ``recipe`` a TOML file. ``calib`` is calibration data: a path (.npz/.npy/image folder),
     a mapping of arrays, a ``Dataset``, or ``"synthetic"``. ``shapes`` fixes symbolic input dims.
+    ``data`` is evaluation data for the fidelity check; without it, fidelity is measured on the
+    last ``fidelity_samples`` samples of ``calib`` (calibrating passes read from the front), else
+    on synthetic inputs (the report says which).
     ``metric`` (``"module:function"``, ``(outputs, labels) -> float``) becomes the ``eval`` option of
     every ``quantize`` pass, for ``max_drop`` targets (the same as writing ``quantize:eval=...``).
     """
@@ -133,25 +137,26 @@ def optimize(
 
         pipeline = use_metric(pipeline, metric)
     source = load(model, shapes=shapes)
-    data = _dataset(calib, source, shapes, None) if calib is not None else None
-    ctx = PassContext(data=data, profile=profile, seed=seed, shapes=shapes, progress=progress)
+    calib_data = _dataset(calib, source, shapes, None) if calib is not None else None
+    ctx = PassContext(data=calib_data, profile=profile, seed=seed, shapes=shapes, progress=progress)
     optimized, records = pipeline.run(source, ctx)
     before = records[0].before if records else model_stats(source, shapes)
     report = OptimizeReport(passes=records, before=before, after=records[-1].after if records else before)
     if fidelity:
-        report.fidelity, note = _fidelity(source, optimized, data, shapes, seed, fidelity_samples)
+        held_out = _dataset(data, source, shapes, None) if data is not None else calib_data
+        report.fidelity, note = _fidelity(source, optimized, held_out, shapes, seed, fidelity_samples)
         if note:
             report.notes.append(note)
     return OptimizeResult(optimized, report)
 
 
 def _fidelity(reference, candidate, data, shapes, seed, samples):
-    """Fidelity on the calibration data, else on labelled-synthetic inputs; None with a reason."""
+    """Fidelity on the tail of the given data, else on labelled-synthetic inputs; None with a reason."""
     from onnxopt.data import load_data
     from onnxopt.evaluate import fidelity
 
     try:
-        dataset = data.take(min(samples, len(data))) if data is not None else load_data(
+        dataset = data.tail(samples) if data is not None else load_data(
             f"synthetic:n={min(samples, 8)},seed={seed}", reference, shapes=shapes)
         return fidelity(reference, candidate, dataset), None
     except (DataError, MeasurementError, ModelError) as exc:

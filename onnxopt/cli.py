@@ -92,6 +92,8 @@ def optimize(
     passes: Annotated[str | None, typer.Option("--passes", help="Pipeline spec: 'simplify,prune:ratio=0.3'.")] = None,
     recipe: Annotated[Path | None, typer.Option("--recipe", help="TOML recipe file instead of --passes.")] = None,
     calib: Annotated[str | None, typer.Option("--calib", help=".npz/.npy, image folder, or 'synthetic'.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Evaluation data for fidelity (default: the tail "
+                                                            "of --calib).")] = None,
     shape: ShapeOpt = None,
     seed: int = 0,
     external_data: Annotated[bool | None, typer.Option("--external-data/--no-external-data")] = None,
@@ -111,8 +113,8 @@ def optimize(
     if output.exists() and model.exists() and output.resolve() == model.resolve() and not force:
         raise OutputExistsError(f"refusing to overwrite the input model {model}", "choose another -o or pass --force")
     with _pass_progress(enabled=not json_out) as progress:
-        result = onnxopt.optimize(model, passes, recipe=recipe, calib=calib, shapes=_shapes(shape), seed=seed,
-                                  progress=progress, metric=eval_metric)
+        result = onnxopt.optimize(model, passes, recipe=recipe, calib=calib, data=data, shapes=_shapes(shape),
+                                  seed=seed, progress=progress, metric=eval_metric)
     onnxopt.save(result.model, output, external_data=external_data, protect=[model], force=force)
     payload = result.report.model_dump(mode="json")
     payload["output"] = str(output)

@@ -55,6 +55,15 @@ class Dataset:
         labels = None if self.labels is None else self.labels[:n]
         return replace(self, inputs={k: v[:n] for k, v in self.inputs.items()}, labels=labels)
 
+    def tail(self, n: int) -> Dataset:
+        """The last ``n`` samples: calibrating passes read from the front, so these are held out
+        from them when the set is large enough."""
+        if n < 1:
+            raise ConfigError(f"cannot take {n} samples", "use a limit of at least 1")
+        labels = None if self.labels is None else self.labels[-n:]
+        return replace(self, inputs={k: v[-n:] for k, v in self.inputs.items()}, labels=labels,
+                       source=f"{self.source} (last {min(n, len(self))} of {len(self)} samples)")
+
     def batched(self, specs: Sequence[TensorSpec]) -> bool:
         """True when every array's leading axis is the model's batch axis (the ``ndim == rank`` rule)."""
         return not any(_stacked(self._array(s), s) for s in specs)

@@ -26,9 +26,21 @@ def test_optimize_json_report_and_output(tmp_path, capsys):
     assert report["after"]["nodes"] < report["before"]["nodes"]
     fid = report["fidelity"]
     assert fid["synthetic"] is False and fid["samples"] > 0
+    assert "last 128 of 450" in fid["source"]  # held out from the calibrating passes, which read the front
     assert fid["outputs"][0]["cosine_min"] > 0.99999
     assert fid["accuracy_candidate"] == pytest.approx(fid["accuracy_reference"])
     assert load(out).graph.node
+
+
+def test_optimize_separate_evaluation_data(tmp_path, capsys):
+    held_out = tmp_path / "held.npz"
+    with np.load(DIGITS_EVAL) as full:
+        np.savez(held_out, input=full["input"][:40], labels=full["labels"][:40])
+    code, stdout, err = run_cli(["optimize", DIGITS, "-o", tmp_path / "o.onnx", "--passes", "simplify", "--calib",
+                                 DIGITS_EVAL, "--data", held_out, "--json"], capsys)
+    assert code == 0, err
+    fid = json.loads(stdout)["fidelity"]
+    assert fid["samples"] == 40 and "held.npz" in fid["source"]
 
 
 def test_optimize_table_output(tmp_path, capsys):
