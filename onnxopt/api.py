@@ -108,6 +108,7 @@ def optimize(
     recipe: str | os.PathLike | None = None,
     calib: Any = None,
     shapes: Shapes | None = None,
+    opset: int | None = None,
     seed: int = 0,
     fidelity: bool = True,
     fidelity_samples: int = 128,
@@ -120,7 +121,8 @@ def optimize(
 
     ``passes`` is a spec string (``"simplify,prune:ratio=0.3"``), pass objects or (name, options)
     pairs; ``recipe`` a TOML file. ``calib`` is calibration data: a path (.npz/.npy/image folder),
-    a mapping of arrays, a ``Dataset``, or ``"synthetic"``. ``shapes`` fixes symbolic input dims.
+    a mapping of arrays, a ``Dataset``, or ``"synthetic"``. ``shapes`` fixes symbolic input dims;
+    ``opset`` upgrades the model first (``onnx.version_converter``).
     ``data`` is evaluation data for the fidelity check; without it, fidelity is measured on the
     last ``fidelity_samples`` samples of ``calib`` (calibrating passes read from the front), else
     on synthetic inputs (the report says which).
@@ -136,7 +138,7 @@ def optimize(
         from onnxopt.passes.quantize import use_metric
 
         pipeline = use_metric(pipeline, metric)
-    source = load(model, shapes=shapes)
+    source = load(model, shapes=shapes, opset=opset)
     calib_data = _dataset(calib, source, shapes, None) if calib is not None else None
     ctx = PassContext(data=calib_data, profile=profile, seed=seed, shapes=shapes, progress=progress)
     optimized, records = pipeline.run(source, ctx)

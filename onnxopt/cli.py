@@ -95,6 +95,7 @@ def optimize(
     data: Annotated[str | None, typer.Option("--data", help="Evaluation data for fidelity (default: the tail "
                                                             "of --calib).")] = None,
     shape: ShapeOpt = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="Upgrade the model to this opset first.")] = None,
     seed: int = 0,
     external_data: Annotated[bool | None, typer.Option("--external-data/--no-external-data")] = None,
     force: Annotated[bool, typer.Option("--force", help="Allow overwriting the input model.")] = False,
@@ -114,7 +115,7 @@ def optimize(
         raise OutputExistsError(f"refusing to overwrite the input model {model}", "choose another -o or pass --force")
     with _pass_progress(enabled=not json_out) as progress:
         result = onnxopt.optimize(model, passes, recipe=recipe, calib=calib, data=data, shapes=_shapes(shape),
-                                  seed=seed, progress=progress, metric=eval_metric)
+                                  opset=opset, seed=seed, progress=progress, metric=eval_metric)
     onnxopt.save(result.model, output, external_data=external_data, protect=[model], force=force)
     payload = result.report.model_dump(mode="json")
     payload["output"] = str(output)

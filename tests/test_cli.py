@@ -43,6 +43,15 @@ def test_optimize_separate_evaluation_data(tmp_path, capsys):
     assert fid["samples"] == 40 and "held.npz" in fid["source"]
 
 
+def test_optimize_opset_upgrade(tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    code, _, err = run_cli(["optimize", DIGITS, "-o", out, "--passes", "simplify", "--opset", "18"], capsys)
+    assert code == 0, err
+    assert next(o.version for o in load(out).opset_import if o.domain == "") == 18
+    code, _, err = run_cli(["optimize", DIGITS, "-o", out, "--passes", "simplify", "--opset", "11"], capsys)
+    assert code == 2 and "opset 17" in err
+
+
 def test_optimize_table_output(tmp_path, capsys):
     code, stdout, _ = run_cli(["optimize", DIGITS, "-o", tmp_path / "o.onnx", "--passes", "simplify"], capsys)
     assert code == 0
