@@ -1,103 +1,125 @@
-"""Pruning benchmark: per corpus model and ratio, MACs/params before and after, latency ratio vs the
-unpruned model (interleaved in one run, median and p90), and fidelity with and without recovery.
+"""Pruning benchmark: per corpus model and ratio, the MACs and params drop, the latency ratio vs the
+unpruned model (onnxopt's profiler, A/B interleaved in one child process, median with its 95% CI),
+and fidelity without and with least-squares recovery; prints one markdown table (README, Pruning).
 
-    .venv/bin/python benchmarks/pruning.py                       # digits, ppocr_cls, ppocr_det, resnet50
-    .venv/bin/python benchmarks/pruning.py --models all --ratios 0.1,0.3,0.5 --json out.json
+    .venv/bin/python benchmarks/pruning.py                      # the README table
+    .venv/bin/python benchmarks/pruning.py --models digits --ratios 0.3 --json out.json
 
-Calibration: the digits model uses its evaluation set (first 64 samples to fit, all 450 to score);
-the others use synthetic inputs (seed 0 to fit, seed 1 to score), which is weaker evidence.
+Data (calibration and scoring never share samples): digits fits on its first 150 evaluation
+samples and scores accuracy on the other 300; PP-OCR det/cls on generated text pages/lines
+(tests/corpus_data.py; seed 0 to fit, seed 1 to score); the light zoo models, whose weights are
+deterministic but untrained, on synthetic inputs (weaker evidence).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from onnxopt.data import load_data
-from onnxopt.evaluate import fidelity
-from onnxopt.prune.pruner import PruneOptions, prune_model
-from onnxopt.stats import model_stats
-from onnxopt.zoo import corpus
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests/corpus_data.py, the text-page generator shared with the tests
+
+from onnxopt.data import Dataset, load_data  # noqa: E402
+from onnxopt.evaluate import fidelity  # noqa: E402
+from onnxopt.model import fix_input_shapes  # noqa: E402
+from onnxopt.profile.compare import compare  # noqa: E402
+from onnxopt.profile.measure import Item  # noqa: E402
+from onnxopt.profile.profiles import get_profile  # noqa: E402
+from onnxopt.prune.pruner import PruneOptions, prune_model  # noqa: E402
+from onnxopt.stats import model_stats  # noqa: E402
+from onnxopt.zoo import corpus  # noqa: E402
+from tests.corpus_data import cls_inputs, det_inputs  # noqa: E402
 
 SHAPES = {"ppocr_det": {"x": [1, 3, 320, 320]}, "ppocr_cls": {"x": [1, 3, 48, 192]}}
-DEFAULT = ["digits", "ppocr_cls", "ppocr_det", "light_resnet50"]
+DEFAULT = ["digits", "ppocr_cls", "ppocr_det", "light_resnet50", "light_squeezenet"]
+CALIB = 8  # samples to fit recovery on (digits: its 150-sample calibration split)
 
 
-def _session(model):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def latency(reference, candidate, feed: dict, rounds: int = 30) -> dict:
-    """Interleaved timings (A, B, A, B...) so drift hits both; medians, p90s and the median ratio."""
-    sessions = [_session(reference), _session(candidate)]
-    for s in sessions:
-        s.run(None, feed)
-    times: list[list[float]] = [[], []]
-    for _ in range(rounds):
-        for i, s in enumerate(sessions):
-            start = time.perf_counter()
-            s.run(None, feed)
-            times[i].append((time.perf_counter() - start) * 1e3)
-    a, b = np.array(times[0]), np.array(times[1])
-    return {"ref_ms": round(float(np.median(a)), 3), "ref_p90": round(float(np.percentile(a, 90)), 3),
-            "pruned_ms": round(float(np.median(b)), 3), "pruned_p90": round(float(np.percentile(b, 90)), 3),
-            "speedup": round(float(np.median(a / b)), 3), "n": rounds}
-
-
-def data_for(name: str, model):
-    shapes = SHAPES.get(name)
+def data_for(name: str, model) -> tuple[Dataset, Dataset]:
+    """(calibration, scoring) data; disjoint samples."""
     if name == "digits":
-        return load_data("models/digits_eval.npz", model, limit=64), load_data("models/digits_eval.npz", model)
-    return (load_data("synthetic:n=8,seed=0", model, shapes=shapes),
+        arrays = np.load(ROOT / "models" / "digits_eval.npz")
+        x, y = arrays["input"].astype(np.float32), arrays["labels"]
+        return Dataset({"input": x[:150]}, y[:150], "calib"), Dataset({"input": x[150:]}, y[150:], "held out")
+    if name == "ppocr_det":
+        return Dataset({"x": det_inputs(CALIB, seed=0)}), Dataset({"x": det_inputs(8, seed=1)})
+    if name == "ppocr_cls":
+        return Dataset({"x": cls_inputs(CALIB, seed=0)}), Dataset({"x": cls_inputs(16, seed=1)})
+    shapes = SHAPES.get(name)
+    return (load_data(f"synthetic:n={CALIB},seed=0", model, shapes=shapes),
             load_data("synthetic:n=8,seed=1", model, shapes=shapes))
 
 
-def bench(name: str, ratio: float, criterion: str) -> dict:
+def _score(model, candidate, held_out: Dataset) -> str:
+    fid = fidelity(model, candidate, held_out)
+    text = f"cos {fid.outputs[0].cosine_mean:.3f}"
+    if fid.accuracy_candidate is not None:
+        text += f", acc {fid.accuracy_candidate:.2%} (fp32 {fid.accuracy_reference:.2%})"
+    return text
+
+
+def latency(model, pruned, feed: dict[str, np.ndarray], profile: str) -> str:
+    """Pruned/unpruned latency, measured interleaved by the profiler: median ratio [95% CI], n rounds."""
+    results, ratios = compare([Item("unpruned", model, [feed]), Item("pruned", pruned, [feed])],
+                              get_profile(profile))
+    if not ratios:
+        return "failed: " + "; ".join(r.error or "" for r in results if not r.ok)
+    r, base = ratios[0], results[0].latency_ms
+    return f"{r.ratio:.2f} [{r.ci_low:.2f}-{r.ci_high:.2f}] of {base.median:.1f} ms, n={r.rounds}"
+
+
+def bench(name: str, ratio: float, criterion: str, profile: str, refit_inputs: str) -> dict:
     model = corpus()[name]()
     shapes = SHAPES.get(name)
+    if shapes:  # fixed input dims: the profiler and ORT's shape-dependent optimizations see one shape
+        model = fix_input_shapes(model, shapes)
     calib, held_out = data_for(name, model)
-    row = {"model": name, "ratio": ratio}
-    before = model_stats(model, shapes)
+    row: dict = {"model": name, "ratio": ratio}
+    pruned = {}
     for mode in ("none", "lstsq"):
-        pruned, report = prune_model(model, PruneOptions(ratio=ratio, criterion=criterion, recover=mode), shapes, calib)
-        fid = fidelity(model, pruned, held_out)
-        row[f"cosine_{mode}"] = round(fid.outputs[0].cosine_mean, 4)
-        if fid.accuracy_candidate is not None:
-            row["accuracy_ref"], row[f"accuracy_{mode}"] = fid.accuracy_reference, fid.accuracy_candidate
-    after = model_stats(pruned, shapes)
-    row.update(macs_before=before.macs_known, macs_after=after.macs_known,
-               macs_drop=round(1 - after.macs_known / before.macs_known, 4), params_before=before.params,
-               params_after=after.params, groups=f"{report['groups_prunable']}/{report['groups_total']}",
-               coverage=report["macs_coverage"]["fraction"], reasons=report["unprunable_reasons"])
+        opts = PruneOptions(ratio=ratio, criterion=criterion, recover=mode, refit_inputs=refit_inputs)
+        pruned[mode], report = prune_model(model, opts, shapes, calib)
+        row[f"fidelity_{mode}"] = _score(model, pruned[mode], held_out)
+    before, after = model_stats(model, shapes), model_stats(pruned["lstsq"], shapes)
+    row.update(macs_drop=1 - after.macs_known / before.macs_known, params_drop=1 - after.params / before.params,
+               groups=f"{report['groups_prunable']}/{report['groups_total']}",
+               coverage=report["macs_coverage"]["fraction"], recovery=report.get("recovery"))
     feed = {k: v[:1] for k, v in held_out.inputs.items()}
-    row.update(latency(model, pruned, feed))
+    row["latency"] = latency(model, pruned["lstsq"], feed, profile)
     return row
+
+
+def table(rows: list[dict], profile: str) -> str:
+    lines = [f"| model | ratio | MACs drop | params drop | latency pruned/unpruned ({profile}) | "
+             "fidelity, no recovery | fidelity, lstsq recovery |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['ratio']} | {r['macs_drop']:.1%} | {r['params_drop']:.1%} | "
+                     f"{r['latency']} | {r['fidelity_none']} | {r['fidelity_lstsq']} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(DEFAULT), help="comma list, or 'all'")
-    parser.add_argument("--ratios", default="0.3")
+    parser.add_argument("--ratios", default="0.3,0.5")
     parser.add_argument("--criterion", default="l2")
+    parser.add_argument("--profile", default="cpu-1t")
+    parser.add_argument("--refit-inputs", default="pruned", choices=["pruned", "original"])
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
     names = list(corpus()) if args.models == "all" else args.models.split(",")
     rows = []
     for name in names:
         for ratio in (float(r) for r in args.ratios.split(",")):
-            row = bench(name, ratio, args.criterion)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            rows.append(bench(name, ratio, args.criterion, args.profile, args.refit_inputs))
+            print(json.dumps(rows[-1], default=str), file=sys.stderr, flush=True)
+    print(table(rows, args.profile))
     if args.json_path:
-        with open(args.json_path, "w") as handle:
-            json.dump(rows, handle, indent=2)
+        Path(args.json_path).write_text(json.dumps(rows, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ class PruneConfig(PassConfig):
     ignore: StrList = ()
     target_macs: float | None = Field(None, gt=0.0, lt=1.0)
     recover: Literal["auto", "lstsq", "bias", "none"] = "auto"
+    # pruned: fit each layer on its input in the re-fitted model (one run per layer, best fidelity);
+    # original: fit on the unpruned model's kept channels (one run per chunk of layers, much faster)
+    refit_inputs: Literal["pruned", "original"] = "pruned"
     calib_samples: int = Field(32, ge=1)
 
 
@@ -52,7 +55,8 @@ class Prune(Pass):
         cfg: PruneConfig = self.config  # type: ignore[assignment]
         data = ctx.data.take(min(cfg.calib_samples, len(ctx.data))) if ctx.data is not None else None
         opts = PruneOptions(cfg.ratio, cfg.strategy, cfg.criterion, cfg.aggregate, cfg.round_to, cfg.min_channels,
-                            tuple(cfg.overrides), tuple(cfg.ignore), cfg.target_macs, cfg.recover, ctx.seed)
+                            tuple(cfg.overrides), tuple(cfg.ignore), cfg.target_macs, cfg.recover, ctx.seed,
+                            cfg.refit_inputs)
         pruned, report = prune_model(model, opts, ctx.shapes, data)
         ctx.details.update(report)
         cov = report["macs_coverage"]

@@ -86,3 +86,17 @@ def kept_outputs(result: Result, removed: set[int]) -> dict[str, np.ndarray]:
     """Output tensor name -> original indices of the output channels each producer keeps."""
     plan = Plan(result, removed)
     return {item.node.outputs[0].name: plan.kept(item.atoms) for item in result.an.cuts if item.role == "out"}
+
+
+def kept_channels(result: Result, removed: set[int]) -> dict[str, tuple[int, np.ndarray]]:
+    """Tensor name -> (channel axis, original indices kept) for tensors with one channel axis that
+    lose channels: how to read a pruned layer's input out of the unpruned model."""
+    plan = Plan(result, removed)
+    found = {}
+    for name, arr in result.an.atoms.items():
+        axes = channel_axes(arr)
+        if len(axes) == 1:
+            kept = plan.kept(arr.reshape(-1))
+            if kept.size < arr.size:
+                found[name] = (axes[0], kept)
+    return found

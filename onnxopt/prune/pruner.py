@@ -16,7 +16,7 @@ import onnx
 
 from onnxopt.errors import ConfigError
 from onnxopt.prune.analyze import Result, analyze, coverage
-from onnxopt.prune.apply import Plan, cut, guard, kept_outputs
+from onnxopt.prune.apply import Plan, cut, guard, kept_channels, kept_outputs
 from onnxopt.prune.importance import class_scores
 from onnxopt.prune.ratios import Budget, choose
 
@@ -34,6 +34,7 @@ class PruneOptions:
     target_macs: float | None = None  # fraction of MACs to remove, instead of ``ratio``
     recover: str = "auto"  # auto (lstsq when data is given), lstsq, bias, none
     seed: int = 0
+    refit_inputs: str = "pruned"  # pruned: layer by layer (exact, slow); original: one run per chunk
 
 
 def estimate_macs(result: Result, removed: set[int]) -> int:
@@ -80,20 +81,21 @@ def prune_model(model: onnx.ModelProto, opts: PruneOptions, shapes: Mapping[str,
     if not removed:
         return model, report
     kept = kept_outputs(result, removed)
+    kept_in = kept_channels(result, removed) if opts.refit_inputs == "original" else None
     pruned = cut(result, removed, like=model)
     mode = opts.recover if opts.recover != "auto" else ("lstsq" if data is not None else "none")
     if mode != "none":
-        pruned, report["recovery"] = _recover(model, pruned, data, kept, mode, opts.seed)
+        pruned, report["recovery"] = _recover(model, pruned, data, kept, mode, opts.seed, kept_in)
     return pruned, report
 
 
-def _recover(model, pruned, data, kept, mode: str, seed: int) -> tuple[onnx.ModelProto, dict]:
+def _recover(model, pruned, data, kept, mode: str, seed: int, kept_in=None) -> tuple[onnx.ModelProto, dict]:
     """Re-fit, and measure the first output's cosine to the unpruned model with and without it."""
     if data is None:
         raise ConfigError(f"recover={mode} needs calibration data", "pass calibration data, or recover=none")
     from onnxopt.prune.recover import output_cosine, recover
 
-    recovered, info = recover(model, pruned, data, kept, mode=mode, seed=seed)
+    recovered, info = recover(model, pruned, data, kept, mode=mode, seed=seed, kept_in=kept_in)
     if info["layers"]:
         info["cosine_without"] = round(output_cosine(model, pruned, data), 6)
         info["cosine_with"] = round(output_cosine(model, recovered, data), 6)

@@ -17,7 +17,7 @@ from onnxopt.passes.graph import const_value, to_graph, to_model
 from onnxopt.prune.calib import stream
 
 MAX_FEATURES = 8192  # wider layers (VGG's 25088-wide FC) are left as cut: their normal matrix is too big
-RIDGE = 1e-3
+RIDGE = 0.1  # relative to the mean diagonal; chosen on a validation split of the digits calibration set
 
 
 def _layers(pruned_graph, original_graph, mode: str) -> list:
@@ -83,69 +83,154 @@ def _patches(node, x: np.ndarray, w: np.ndarray, where: tuple) -> np.ndarray:
     return rows.reshape(len(bn), -1)
 
 
-def _targets(original, layers, kept_out, data, rng, per_feed: int) -> dict[str, list]:
-    """Per layer and feed: sampled positions and the original model's kept outputs there."""
+def _sample(node, y: np.ndarray, rng, per_feed: int):
+    """Random output positions of one feed: (sample, y, x) triples for a conv, flat rows otherwise."""
+    if node.op == "Conv":
+        n, _, oh, ow = y.shape
+        flat = rng.choice(n * oh * ow, size=min(per_feed, n * oh * ow), replace=False)
+        bn, rem = np.divmod(flat, oh * ow)
+        return (bn, *np.divmod(rem, ow))
+    rows = int(np.prod(y.shape[:-1]))
+    return rng.choice(rows, size=min(per_feed, rows), replace=False)
+
+
+def _rows_at(node, x: np.ndarray, where) -> np.ndarray:
+    """The layer's input rows (im2col patches for a conv) at the sampled output positions."""
+    if node.op == "Conv":
+        return _patches(node, x, const_value(node.inputs[1]), where)
+    return x.reshape(-1, x.shape[-1])[where]
+
+
+def _out_rows(node, y: np.ndarray, where) -> np.ndarray:
+    if node.op == "Conv":
+        return y[where[0], :, where[1], where[2]]
+    return y.reshape(-1, y.shape[-1])[where]
+
+
+def _targets(original, layers, kept_out, data, rng, per_feed: int,
+             kept_in: dict[str, tuple[int, np.ndarray]] | None = None) -> dict[str, list]:
+    """Per layer and feed: sampled positions and the original model's kept outputs there; with
+    ``kept_in``, also the layer's input rows read from the original model's kept input channels."""
     outs = [n.outputs[0].name for n in layers]
+    ins = [n.inputs[0].name for n in layers] if kept_in is not None else []
     found: dict[str, list] = {name: [] for name in outs}
-    for ys in stream(original, outs, data):
+    for values in stream(original, outs + ins, data):
         for node in layers:
             name = node.outputs[0].name
-            y = ys[name]
-            axis = 1 if node.op == "Conv" else y.ndim - 1
+            y = values[name]
             if kept_out.get(name) is not None:
-                y = np.take(y, kept_out[name], axis=axis)
-            if node.op == "Conv":
-                n, _, oh, ow = y.shape
-                flat = rng.choice(n * oh * ow, size=min(per_feed, n * oh * ow), replace=False)
-                bn, rem = np.divmod(flat, oh * ow)
-                where = (bn, *np.divmod(rem, ow))
-                found[name].append((where, y[where[0], :, where[1], where[2]].astype(np.float64)))
-            else:
-                y2 = y.reshape(-1, y.shape[-1])
-                pick = rng.choice(len(y2), size=min(per_feed, len(y2)), replace=False)
-                found[name].append((pick, y2[pick].astype(np.float64)))
+                y = np.take(y, kept_out[name], axis=1 if node.op == "Conv" else y.ndim - 1)
+            where = _sample(node, y, rng, per_feed)
+            item = [where, _out_rows(node, y, where).astype(np.float32)]
+            if kept_in is not None:
+                x = values[node.inputs[0].name]
+                axis, kept = kept_in.get(node.inputs[0].name, (None, None))
+                x = x if axis is None else np.take(x, kept, axis=axis)
+                item.append(_rows_at(node, x, where).astype(np.float32))
+            found[name].append(item)
     return found
 
 
 def _inputs(node, current, data, targets: list) -> np.ndarray:
     """The layer's input rows in the current (partly re-fitted) model, at the target positions."""
     rows = []
-    w = const_value(node.inputs[1])
-    for xs, (where, _) in zip(stream(current, [node.inputs[0].name], data), targets, strict=True):
-        x = xs[node.inputs[0].name]
-        rows.append(_patches(node, x, w, where) if node.op == "Conv" else x.reshape(-1, x.shape[-1])[where])
+    for xs, item in zip(stream(current, [node.inputs[0].name], data), targets, strict=True):
+        rows.append(_rows_at(node, xs[node.inputs[0].name], item[0]))
     return np.concatenate(rows).astype(np.float64)
 
 
 def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, bias: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Least squares for [W | b] (``lstsq``) or just b (``bias``); W as rows = output channels."""
+    """Least squares for [W | b] (``lstsq``) or just b (``bias``); W as rows = output channels.
+
+    The ridge pulls towards the layer's current weights, not towards zero: with few rows per
+    feature (a Gemm sees one row per sample) the fit stays near the cut layer instead of
+    interpolating the calibration set.
+    """
     if mode == "bias":
         return w, (y - x @ w.T).mean(axis=0)
-    a = np.hstack([x, np.ones((len(x), 1))])
-    gram = a.T @ a
-    gram[np.diag_indices_from(gram)] += RIDGE * (np.trace(gram) / len(gram) + 1e-12)
-    sol = np.linalg.solve(gram, a.T @ y)
+    sol = _ridge(np.hstack([x, np.ones((len(x), 1))]), y, np.hstack([w, bias.reshape(-1, 1)]).T)
     return sol[:-1].T, sol[-1]
 
 
+def _ridge(a: np.ndarray, y: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """argmin ||a s - y||^2 + lam ||s - prior||^2, lam scaled to the mean diagonal of a^T a."""
+    gram = a.T @ a
+    lam = RIDGE * (np.trace(gram) / len(gram) + 1e-12)
+    gram[np.diag_indices_from(gram)] += lam
+    return np.linalg.solve(gram, a.T @ y + lam * prior)
+
+
 def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, data, kept_out: dict[str, np.ndarray],
-            mode: str = "lstsq", seed: int = 0, rows_per_layer: int = 4096) -> tuple[onnx.ModelProto, dict]:
-    """Re-fit the cut consumers of ``pruned`` on ``data``; returns the new model and what was done."""
+            mode: str = "lstsq", seed: int = 0, rows_per_layer: int = 4096,
+            kept_in: dict[str, tuple[int, np.ndarray]] | None = None,
+            memory_mb: float = 1024) -> tuple[onnx.ModelProto, dict]:
+    """Re-fit the cut consumers of ``pruned`` on ``data``; returns the new model and what was done.
+
+    Without ``kept_in`` the layers are fitted one after another, each on its input in the model with
+    the layers before it re-fitted (one run over the data per layer: exact, slow on deep models).
+    With ``kept_in`` (tensor -> (axis, kept channel indices)) every layer is fitted on the original
+    model's kept input channels, so one run of the original model serves a whole chunk of layers;
+    chunks are sized so their sampled rows fit in ``memory_mb``.
+    """
     graph = to_graph(pruned)
     layers = _layers(graph, to_graph(original), mode)
     if not layers:
         return pruned, {"mode": mode, "layers": 0}
-    import onnx_graphsurgeon as gs
-
     rng = np.random.default_rng(seed)
-    targets = _targets(original, layers, kept_out, data, rng, max(rows_per_layer // max(len(data), 1), 64))
+    per_feed = max(rows_per_layer // max(len(data), 1), 64)
+    if kept_in is None:
+        passes = _sequential(original, pruned, graph, layers, kept_out, data, rng, per_feed, mode)
+    else:
+        passes = _one_pass(original, layers, kept_out, kept_in, data, rng, per_feed, mode, memory_mb)
+    return to_model(graph, like=pruned), {"mode": mode, "layers": len(layers), "passes": passes}
+
+
+def _sequential(original, pruned, graph, layers, kept_out, data, rng, per_feed: int, mode: str) -> int:
+    targets = _targets(original, layers, kept_out, data, rng, per_feed)
     for node in layers:  # in graph order, each on the model with the layers before it re-fitted
-        current = gs.export_onnx(graph.copy(), do_type_check=False)
+        current = _prefix(graph, node.inputs[0].name)
         current.ir_version = pruned.ir_version
         x = _inputs(node, current, data, targets[node.outputs[0].name])
-        y = np.concatenate([t[1] for t in targets[node.outputs[0].name]])
+        y = np.concatenate([t[1] for t in targets[node.outputs[0].name]]).astype(np.float64)
         _write(node, *_solve(node, x, y, mode))
-    return to_model(graph, like=pruned), {"mode": mode, "layers": len(layers)}
+    return len(layers) + 1
+
+
+def _prefix(graph, name: str) -> onnx.ModelProto:
+    """The part of ``graph`` that computes tensor ``name``, with it as the only output: each layer's
+    run skips everything downstream of the layer (on average half the model)."""
+    import onnx_graphsurgeon as gs
+
+    part = graph.copy()
+    tensor = part.tensors()[name]
+    if tensor.dtype is None:
+        tensor.dtype = np.float32
+    part.outputs = [tensor]
+    part.cleanup(remove_unused_graph_inputs=False)
+    return gs.export_onnx(part, do_type_check=False)
+
+
+def _one_pass(original, layers, kept_out, kept_in, data, rng, per_feed: int, mode: str, memory_mb: float) -> int:
+    """Chunks of layers whose sampled rows fit the budget; one run of the original model per chunk."""
+    rows = per_feed * max(len(data), 1)
+    chunks: list[list] = [[]]
+    used = 0.0
+    for node in layers:
+        w = const_value(node.inputs[1])
+        size = rows * (w.size // max(w.shape[_out_axis(node)], 1) + w.shape[_out_axis(node)] + 1) * 4 / 2**20
+        if chunks[-1] and used + size > memory_mb:
+            chunks.append([])
+            used = 0.0
+        chunks[-1].append(node)
+        used += size
+    for chunk in chunks:
+        targets = _targets(original, chunk, kept_out, data, rng, per_feed, kept_in)
+        for node in chunk:
+            items = targets.pop(node.outputs[0].name)
+            x = np.concatenate([t[2] for t in items]).astype(np.float64)
+            y = np.concatenate([t[1] for t in items]).astype(np.float64)
+            _write(node, *_solve(node, x, y, mode))
+    return len(chunks)
 
 
 def _solve(node, x: np.ndarray, y: np.ndarray, mode: str) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -155,7 +240,7 @@ def _solve(node, x: np.ndarray, y: np.ndarray, mode: str) -> tuple[np.ndarray | 
     scale = float(node.attrs.get("alpha", 1.0)) if node.op == "Gemm" else 1.0
     w2 = np.moveaxis(w, out_axis, 0).reshape(w.shape[out_axis], -1).astype(np.float64) * scale
     if node.op == "MatMul":  # no bias input to re-fit: weights only
-        new_w, new_b = _ridge_no_bias(x, y), None
+        new_w, new_b = _ridge(x, y, w2.T).T, None
     else:
         has_bias = len(node.inputs) > 2 and node.inputs[2].name
         bias = const_value(node.inputs[2]).reshape(-1) if has_bias else np.zeros(w2.shape[0])
@@ -189,9 +274,3 @@ def output_cosine(reference: onnx.ModelProto, candidate: onnx.ModelProto, data) 
         denom = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
         cosines.extend(np.where(denom > 0, (x * y).sum(axis=1) / np.maximum(denom, 1e-300), 1.0).tolist())
     return float(np.mean(cosines))
-
-
-def _ridge_no_bias(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    gram = x.T @ x
-    gram[np.diag_indices_from(gram)] += RIDGE * (np.trace(gram) / len(gram) + 1e-12)
-    return np.linalg.solve(gram, x.T @ y).T

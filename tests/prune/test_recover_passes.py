@@ -1,0 +1,36 @@
+"""Recovery from the unpruned model's kept channels: one run of the data per chunk of layers."""
+
+from __future__ import annotations
+
+from onnxopt.data import load_data
+from onnxopt.evaluate import fidelity
+from onnxopt.prune.analyze import analyze
+from onnxopt.prune.apply import cut, guard, kept_channels, kept_outputs
+from onnxopt.prune.importance import class_scores
+from onnxopt.prune.pruner import PruneOptions, prune_model
+from onnxopt.prune.ratios import Budget, choose
+from onnxopt.prune.recover import recover
+from tests.conftest import DIGITS_EVAL, load_corpus
+
+
+def test_original_inputs_fit_in_one_pass_and_help():
+    model = load_corpus("digits")
+    calib = load_data(DIGITS_EVAL, model, limit=64)
+    held_out = load_data(DIGITS_EVAL, model).take(400)
+    plain, _ = prune_model(model, PruneOptions(ratio=0.3, recover="none"), None, calib)
+    fitted, report = prune_model(model, PruneOptions(ratio=0.3, refit_inputs="original"), None, calib)
+    assert report["recovery"]["passes"] == 1 and report["recovery"]["layers"] >= 3
+    assert fidelity(model, fitted, held_out).outputs[0].cosine_mean > \
+        fidelity(model, plain, held_out).outputs[0].cosine_mean + 0.05
+
+
+def test_memory_budget_splits_the_layers_into_passes():
+    model = load_corpus("digits")
+    calib = load_data(DIGITS_EVAL, model, limit=16)
+    result = analyze(model)
+    removed = guard(result, choose(result.groups, class_scores(result, "l2", "mean"), Budget(0.3)))
+    kept_out, kept_in = kept_outputs(result, removed), kept_channels(result, removed)
+    pruned = cut(result, removed, like=model)
+    _, one = recover(model, pruned, calib, kept_out, kept_in=kept_in)
+    _, many = recover(model, pruned, calib, kept_out, kept_in=kept_in, memory_mb=1e-6)
+    assert one["passes"] == 1 and many["passes"] == many["layers"] > 1

@@ -1,0 +1,54 @@
+"""The ``global`` strategy, ``target_macs`` and the sensitivity plot."""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+import pytest
+
+from onnxopt.passes import PassContext, get_pass, run_pass
+from onnxopt.prune.analyze import analyze
+from onnxopt.prune.ratios import MAX_GLOBAL_RATIO
+from tests.conftest import DIGITS, DIGITS_EVAL, load_corpus
+from tests.helpers import run_cli
+
+
+def test_global_strategy_spends_one_budget_unevenly():
+    model = load_corpus("digits")
+    prunable = [g for g in analyze(model).groups if g.prunable]
+    total = sum(g.channels for g in prunable)
+    _, rec = run_pass(get_pass("prune")(ratio=0.4, strategy="global"), model, PassContext())
+    groups = [g for g in rec.details["groups"] if g["prunable"]]
+    # one threshold over all groups: exactly the budget goes, but not the same share from each group
+    assert rec.details["channels_removed"] == math.floor(0.4 * total)
+    fractions = {round(1 - g["kept"] / g["channels"], 3) for g in groups}
+    assert len(fractions) > 1, fractions
+    assert all(g["kept"] >= max(1, math.ceil(g["channels"] * (1 - MAX_GLOBAL_RATIO))) for g in groups)
+    pruned, _ = run_pass(get_pass("prune")(ratio=0.4, strategy="global"), model, PassContext())
+    onnx.checker.check_model(pruned, full_check=True)
+
+
+@pytest.mark.parametrize(("strategy", "target"), [("uniform", 0.5), ("global", 0.3)])
+def test_target_macs_is_reached_and_not_overshot(strategy, target):
+    model = load_corpus("digits")
+    _, rec = run_pass(get_pass("prune")(target_macs=target, strategy=strategy), model, PassContext())
+    drop = 1 - rec.after.macs_known / rec.before.macs_known
+    # the estimate that steers the search is the measured count, and the search stops near the target
+    assert abs(drop - rec.details["macs_estimate_drop"]) < 0.01
+    assert target <= drop < target + 0.1, drop
+
+
+def test_sensitivity_plot_writes_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    path = tmp_path / "curves.png"
+    code, _, err = run_cli(["sensitivity", DIGITS, "--data", DIGITS_EVAL, "--limit", "40", "--ratios", "0.5",
+                            "--plot", path, "--json"], capsys)
+    assert code == 0, err
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) > 100
