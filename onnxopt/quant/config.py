@@ -46,6 +46,7 @@ class QuantizeConfig(PassConfig):
     algorithm: Literal["rtn", "hqq", "gptq"] = "rtn"  # weight-only int4
     target: str | None = None  # accuracy-keeping fallback, e.g. "cosine>=0.999" or "top1>=0.99|max_drop=0.01"
     eval: str | None = None  # "module:function", a metric (outputs, labels) -> float for max_drop
+    fallback: Literal["float", "int16"] = "float"  # target: sensitive nodes go float, or u16/s16 (QDQ only)
     latency_aware: bool = False  # keep in float the nodes that do not get faster
 
     @field_validator("exclude")

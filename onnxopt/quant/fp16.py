@@ -77,6 +77,44 @@ def convert(model: onnx.ModelProto, *, keep_io_types: bool, block_ops, block_nod
             node_block_list=list(block_nodes))
 
 
+def restore_fp32_constants(converted: onnx.ModelProto, original: onnx.ModelProto, names: set[str]) -> int:
+    """Give the readers of the float initializers ``names`` their exact fp32 values back, in place.
+
+    onnxconverter-common converts *every* float initializer to fp16 (clamped to 65504) and casts it
+    back to fp32 in front of a blocked node, so blocking the reader alone does not save an
+    out-of-range constant: PP-OCRv4 det stayed at cosine 0.54 with every node blocked. Each such
+    ``Cast(fp16 copy)`` input is rewired to an fp32 copy of the original; orphans are removed."""
+    fp32 = {t.name: t for t in original.graph.initializer if t.name in names}
+    graph = converted.graph
+    casts = {n.output[0]: n for n in graph.node if n.op_type == "Cast" and n.input and n.input[0] in fp32}
+    restored = 0
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name in casts:
+                node.input[index] = casts[name].input[0] + "_fp32"
+                restored += 1
+    for source in {c.input[0] for c in casts.values()}:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(fp32[source])
+        copy.name = source + "_fp32"
+        graph.initializer.append(copy)
+    used = {i for n in graph.node for i in n.input}
+    keep = [n for n in graph.node if not (n.op_type == "Cast" and n.output[0] in casts and n.output[0] not in used)]
+    del graph.node[:]
+    graph.node.extend(keep)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    unused = [t for t in graph.initializer if t.name in fp32 and t.name not in used]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    return restored
+
+
+def big_initializers(model: onnx.ModelProto) -> set[str]:
+    """Float initializers with a magnitude beyond fp16's max."""
+    return {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+            and float(np.abs(numpy_helper.to_array(t)).max(initial=0.0)) > FP16_MAX}
+
+
 def check_data(model: onnx.ModelProto, data, shapes, notes: list[str]):
     """The data to check fidelity on: the user's, else synthetic (said so); None if neither works."""
     from onnxopt.data import load_data
@@ -108,7 +146,7 @@ def _group_ranking(model, candidates: list[str], build, judge, groups: int = 8) 
 
 def to_fp16(model: onnx.ModelProto, cfg: Fp16Config, data, shapes, notes: list[str], details: dict) -> onnx.ModelProto:
     from onnxopt.errors import PassError
-    from onnxopt.quant.prepare import refuse_if_quantized
+    from onnxopt.quant.prepare import constants_to_initializers, refuse_if_quantized
     from onnxopt.quant.search import bisect_fallback
     from onnxopt.quant.targets import Criterion, Judge, parse_target
 
@@ -116,14 +154,25 @@ def to_fp16(model: onnx.ModelProto, cfg: Fp16Config, data, shapes, notes: list[s
     work = onnx.ModelProto()
     work.CopyFrom(model)
     ensure_names(work)
+    # onnxconverter-common converts a Constant *node* to fp16 even when its only reader is blocked
+    # (and clamps it: PP-OCRv4 det's BN variance 9.79e7 became 65504, output cosine 0.36 even with
+    # every node blocked); an initializer read only by blocked nodes stays fp32
+    moved = constants_to_initializers(work)
+    if moved:
+        notes.append(f"moved {moved} Constant-node tensor(s) to initializers (so blocked nodes keep fp32 constants)")
     big = out_of_range_nodes(work)
     if big:
         notes.append("kept in fp32 (constants beyond fp16's 65504): "
                      + ", ".join(f"{n} ({v:.3g})" for n, v in list(big.items())[:10]))
     blocked = set(cfg.block_nodes) | set(big)
 
+    big_inits = big_initializers(work)
+
     def build(keep: set[str]) -> onnx.ModelProto:
-        return convert(work, keep_io_types=cfg.keep_io_types, block_ops=cfg.block_ops, block_nodes=blocked | keep)
+        out = convert(work, keep_io_types=cfg.keep_io_types, block_ops=cfg.block_ops, block_nodes=blocked | keep)
+        if big_inits:
+            restore_fp32_constants(out, work, big_inits)
+        return out
 
     converted = build(set())
     checked = check_data(work, data, shapes, notes)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from onnxopt.errors import ConfigError
 from onnxopt.model import available_memory, input_specs
 from onnxopt.quant.calib import FeedReader, dataset_feeds
 from onnxopt.quant.nodetime import Anchors
@@ -31,6 +32,7 @@ from onnxopt.quant.ortio import quiet, workdir, write_model
 from onnxopt.quant.search import SearchResult, bisect_fallback
 from onnxopt.quant.static import StaticQuantizer
 from onnxopt.quant.targets import Judge
+from onnxopt.quant.wide import wide_overrides
 
 RANK_SAMPLES = 4
 MAX_DB = 100.0  # a graph input's SQNR when none was measured: above anything int8 reaches
@@ -59,7 +61,11 @@ def _weight_sqnr(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto) -> di
         f = write_model(float_model, work / "float.onnx")
         q = write_model(qdq_model, work / "qdq.onnx")
         matched = dbg.create_weight_matching(str(f), str(q))
-    return {name: float(v) for name, v in dbg.compute_weight_error(matched).items()}
+    # a scalar weight (PP-OCR det's ``Mul`` by a constant) dequantizes to a numpy scalar, which
+    # compute_weight_error cannot take: hand ORT's own SQNR function 1-d arrays instead
+    return {name: float(dbg.compute_signal_to_quantization_noice_ratio(
+        np.atleast_1d(np.asarray(m["float"], np.float32)), np.atleast_1d(np.asarray(m["dequantized"], np.float32))))
+        for name, m in matched.items()}
 
 
 @dataclass(frozen=True)
@@ -122,18 +128,35 @@ def keep_accuracy(quantizer: StaticQuantizer, judge: Judge, data, notes: list[st
     ranked = rank_nodes(quantizer, ranking_quantizer.quantize(), data)
     sqnr = {s.node: s for s in ranked}
     groups = {s.node: s.members or (s.node,) for s in ranked}
+    # nodes the SQNR could not rank (no matched or finite activation: e.g. PP-OCR cls's) still go
+    # last in the order, or "all candidates in float" would leave them quantized (cls: cosine 0.989)
+    covered = {m for members in groups.values() for m in members}
+    for name in quantizer.quantizable():
+        if name not in covered:
+            groups[name] = (name,)
+    order = [s.node for s in ranked] + [n for n in groups if n not in sqnr]
+
+    wide = quantizer.cfg.fallback == "int16"
+    if wide and quantizer.settings.format != "qdq":
+        raise ConfigError("fallback=int16 needs format=qdq (16-bit QOperator kernels do not exist)",
+                          "use format=qdq or fallback=float")
 
     def build(heads: set[str]) -> onnx.ModelProto:
-        return quantizer.quantize({m for h in heads for m in groups[h]})
+        nodes = {m for h in heads for m in groups[h]}
+        if wide:  # 16-bit instead of float: u16 activations, s16 weights (see onnxopt.quant.wide)
+            return quantizer.quantize(overrides=wide_overrides(quantizer.model, nodes,
+                                                               quantizer.settings.activation_type))
+        return quantizer.quantize(nodes)
 
-    result = bisect_fallback([s.node for s in ranked], build, judge, "mixed precision")
+    result = bisect_fallback(order, build, judge, "mixed precision")
     result.kept = [m for h in result.kept for m in groups[h]]
     total = len(quantizer.quantizable())
-    notes.append(f"mixed precision: {len(result.kept)} of {total} quantizable node(s) kept in float "
+    where = "at 16-bit (u16 activations, s16 weights)" if wide else "in float"
+    notes.append(f"mixed precision: {len(result.kept)} of {total} quantizable node(s) kept {where} "
                  f"({100 * len(result.kept) / max(total, 1):.1f}%) to meet {', '.join(map(str, judge.criteria))}; "
                  f"{judge.describe(result.scores)} after {len(result.trail)} evaluations")
     if result.kept:
-        notes.append("kept in float (output SQNR vs float dB / dB lost in the node): " + ", ".join(
+        notes.append(f"kept {where} (output SQNR vs float dB / dB lost in the node): " + ", ".join(
             f"{n} ({sqnr[n].output_db:.1f}/{sqnr[n].loss_db:.1f})" for n in result.kept[:20] if n in sqnr)
             + (" ..." if len(result.kept) > 20 else ""))
     result.scores["sensitivity"] = [s.row() for s in ranked]

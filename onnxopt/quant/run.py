@@ -53,7 +53,10 @@ def _static(model: onnx.ModelProto, cfg: QuantizeConfig, ctx, notes: list[str]) 
         metric = load_metric(cfg.eval) if cfg.eval else None
         judge = Judge(quantizer.model, ctx.data, parse_target(cfg.target), metric)
         result = keep_accuracy(quantizer, judge, ctx.data, notes)
-        ctx.details["quantize"].update(kept_in_float=result.kept, scores=result.scores, search=result.trail)
+        wide = cfg.fallback == "int16"
+        ctx.details["quantize"].update(kept_in_float=[] if wide else result.kept,
+                                       kept_16bit=result.kept if wide else [],
+                                       scores=result.scores, search=result.trail)
         return result.model
     if cfg.latency_aware:
         return _latency_aware(model, quantizer, ctx, notes)

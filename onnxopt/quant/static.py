@@ -76,13 +76,17 @@ class StaticQuantizer:
         wanted = set(self.op_types)
         return [n.name for n in self.model.graph.node if n.op_type in wanted and n.name and n.name not in self.excluded]
 
-    def quantize(self, keep_float: Iterable[str] = ()) -> onnx.ModelProto:
+    def quantize(self, keep_float: Iterable[str] = (), overrides: dict | None = None) -> onnx.ModelProto:
+        """Quantize all but ``keep_float``; ``overrides`` are onnxruntime ``TensorQuantOverrides``
+        (tensor -> [{"quant_type": ...}], e.g. 16-bit for sensitive tensors; see :mod:`.wide`)."""
         from onnxruntime.quantization import QuantFormat, quantize_static
 
         s = self.settings
         exclude = sorted(self.excluded | set(keep_float))
-        extra = {"ActivationSymmetric": s.symmetric_activations, "WeightSymmetric": s.symmetric_weights}
-        if "16" in s.activation_type + s.weight_type:
+        extra: dict = {"ActivationSymmetric": s.symmetric_activations, "WeightSymmetric": s.symmetric_weights}
+        if overrides:
+            extra["TensorQuantOverrides"] = overrides
+        if "16" in s.activation_type + s.weight_type or overrides:
             extra["UseQDQContribOps"] = self.model.opset_import[0].version < 21
         with workdir() as work, quiet():
             src = write_model(self.model, work / "float.onnx")

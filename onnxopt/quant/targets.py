@@ -1,7 +1,9 @@
-"""Accuracy targets (``cosine>=0.999``, ``top1>=0.99``, ``max_drop=0.01``) and user metrics.
+"""Accuracy targets (``cosine>=0.999``, ``top1>=0.99``, ``iou>=0.9``, ``max_drop=0.01``) and user metrics.
 
 A target is checked against the *float* model's outputs on the same data: ``cosine`` is the worst
-output's mean per-sample cosine, ``top1`` the top-1 agreement of class-like outputs, and
+output's mean per-sample cosine, ``top1`` the top-1 agreement of class-like outputs, ``iou`` the
+mean per-sample IoU of the first output thresholded at 0.3 (a segmentation/text map such as
+PP-OCR det's: what its post-processing binarizes; cosine hides a lost faint region), and
 ``max_drop`` the drop of a metric: the user's ``(outputs, labels) -> float`` callable (``eval``,
 ``--eval module:function``) or, without one, top-1 accuracy on the data's labels.
 """
@@ -19,7 +21,8 @@ import onnx
 from onnxopt.errors import ConfigError
 
 Metric = Callable[[Mapping[str, np.ndarray], np.ndarray | None], float]
-KINDS = ("cosine", "top1", "max_drop")
+KINDS = ("cosine", "top1", "iou", "max_drop")
+MASK_THRESHOLD = 0.3  # PP-OCR's DB post-processing binarizes the probability map at 0.3
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,10 @@ def parse_target(text: str) -> list[Criterion]:
     """``"cosine>=0.999|top1>=0.99"`` -> criteria (all must hold)."""
     criteria = []
     for part in filter(None, (p.strip() for p in re.split(r"[|;&]", text))):
-        match = re.fullmatch(r"(cosine|top1|max_drop)\s*(>=|=|<=)\s*([0-9.eE+-]+)", part)
+        match = re.fullmatch(r"(cosine|top1|iou|max_drop)\s*(>=|=|<=)\s*([0-9.eE+-]+)", part)
         if not match:
-            raise ConfigError(f"bad target {part!r}", "write cosine>=0.999, top1>=0.99 or max_drop=0.01 (join with |)")
+            raise ConfigError(f"bad target {part!r}",
+                              "write cosine>=0.999, top1>=0.99, iou>=0.9 or max_drop=0.01 (join with |)")
         criteria.append(Criterion(match.group(1), float(match.group(3))))
     if not criteria:
         raise ConfigError("the target is empty", "e.g. target=cosine>=0.999")
@@ -62,6 +66,16 @@ def load_metric(spec: str) -> Metric:
     if not callable(func):
         raise ConfigError(f"{module_name} has no callable {attr!r}")
     return func
+
+
+def mask_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float = MASK_THRESHOLD) -> float:
+    """Mean per-sample IoU of ``reference > threshold`` and ``candidate > threshold`` (leading axis =
+    samples); a sample where both masks are empty counts as 1 (they agree)."""
+    ref = np.asarray(reference).reshape(len(reference), -1) > threshold
+    cand = np.asarray(candidate).reshape(len(candidate), -1) > threshold
+    union = (ref | cand).sum(axis=1)
+    inter = (ref & cand).sum(axis=1)
+    return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
 
 
 def _top1_accuracy(outputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> float:
@@ -90,6 +104,9 @@ class Judge:
         tops = [o.top1_agreement for o in compared if o.top1_agreement is not None]
         scores: dict[str, float | None] = {"cosine": min(o.cosine_mean for o in compared),
                                            "top1": min(tops) if tops else None, "max_drop": None}
+        if any(c.kind == "iou" for c in self.criteria):
+            # the first output by position: a converted model may rename its outputs
+            scores["iou"] = mask_iou(next(iter(self.reference.values())), next(iter(outputs.values())))
         if self.base_metric is not None:
             scores["max_drop"] = self.base_metric - self.metric(outputs, self.data.labels)
         return scores
