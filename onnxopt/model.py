@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -228,10 +229,12 @@ def _load_external_data(model: onnx.ModelProto, base_dir: Path | None) -> None:
 # ---------------------------------------------------------------- validation
 
 
-def runnable_domains() -> set[str]:
+@functools.cache
+def runnable_domains() -> frozenset[str]:
+    """Operator domains this onnxruntime build has kernels for (asked once: ~900 schemas)."""
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-    return {schema.domain for schema in ort_state.get_all_operator_schema()} | {"", "ai.onnx"}
+    return frozenset({schema.domain for schema in ort_state.get_all_operator_schema()} | {"", "ai.onnx"})
 
 
 def validate(model: onnx.ModelProto) -> None:
@@ -244,7 +247,7 @@ def validate(model: onnx.ModelProto) -> None:
     local = {f.domain for f in model.functions}
     unknown: dict[str, set[str]] = {}
     for node in _all_nodes(graph):
-        if node.domain not in local and node.domain not in runnable_domains_cached():
+        if node.domain not in local and node.domain not in runnable_domains():
             unknown.setdefault(node.domain, set()).add(node.op_type)
     if unknown:
         names = "; ".join(f"{d}: {', '.join(sorted(ops))}" for d, ops in sorted(unknown.items()))
@@ -260,16 +263,6 @@ def validate(model: onnx.ModelProto) -> None:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidModelError(f"the ONNX checker rejects the model: {first}", "re-export the model") from None
-
-
-_DOMAINS: set[str] | None = None
-
-
-def runnable_domains_cached() -> set[str]:
-    global _DOMAINS
-    if _DOMAINS is None:
-        _DOMAINS = runnable_domains()
-    return _DOMAINS
 
 
 def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
