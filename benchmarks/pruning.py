@@ -4,6 +4,11 @@ and fidelity without and with least-squares recovery; prints one markdown table 
 
     .venv/bin/python benchmarks/pruning.py                      # the README table
     .venv/bin/python benchmarks/pruning.py --models digits --ratios 0.3 --json out.json
+    .venv/bin/python benchmarks/pruning.py --models light_resnet50 --ratios 0.3 --round-to 1,8,16 --repeats 3
+
+Each ``--round-to`` value is one variant of the pruned model; all variants of a (model, ratio) are
+timed in one interleaved run against the unpruned model, ``--repeats`` times (the spread across
+repeats is printed next to each run's own CI: on a shared machine it is the wider of the two).
 
 Data (calibration and scoring never share samples): digits fits on its first 150 evaluation
 samples and scores accuracy on the other 300; PP-OCR det/cls on generated text pages/lines
@@ -62,42 +67,62 @@ def _score(model, candidate, held_out: Dataset) -> str:
     return text
 
 
-def latency(model, pruned, feed: dict[str, np.ndarray], profile: str) -> str:
-    """Pruned/unpruned latency, measured interleaved by the profiler: median ratio [95% CI], n rounds."""
-    results, ratios = compare([Item("unpruned", model, [feed]), Item("pruned", pruned, [feed])],
-                              get_profile(profile))
-    if not ratios:
-        return "failed: " + "; ".join(r.error or "" for r in results if not r.ok)
-    r, base = ratios[0], results[0].latency_ms
-    return f"{r.ratio:.2f} [{r.ci_low:.2f}-{r.ci_high:.2f}] of {base.median:.1f} ms, n={r.rounds}"
+def latency(model, variants: dict[str, object], feed: dict[str, np.ndarray], profile: str, repeats: int) -> dict:
+    """Per variant: pruned/unpruned latency, measured interleaved with the unpruned model and every
+    other variant by the profiler, ``repeats`` times: median ratio [95% CI] of each run, and the range."""
+    items = [Item("unpruned", model, [feed])] + [Item(k, v, [feed]) for k, v in variants.items()]
+    runs: dict[str, list] = {k: [] for k in variants}
+    base = []
+    for _ in range(repeats):
+        results, ratios = compare(items, get_profile(profile))
+        if not ratios:
+            return {k: "failed: " + "; ".join(r.error or "" for r in results if not r.ok) for k in variants}
+        base.append(results[0].latency_ms.median)
+        for r in ratios:
+            runs[r.model].append(r)
+    out = {}
+    for key, rs in runs.items():
+        each = ", ".join(f"{r.ratio:.2f} [{r.ci_low:.2f}-{r.ci_high:.2f}]" for r in rs)
+        meds = sorted(r.ratio for r in rs)
+        out[key] = (f"{meds[len(meds) // 2]:.2f} ({1 / meds[len(meds) // 2]:.2f}x faster; runs: {each}; "
+                    f"unpruned {min(base):.0f}-{max(base):.0f} ms)")
+    return out
 
 
-def bench(name: str, ratio: float, criterion: str, profile: str, refit_inputs: str) -> dict:
+def bench(name: str, ratio: float, args: argparse.Namespace) -> list[dict]:
     model = corpus()[name]()
     shapes = SHAPES.get(name)
     if shapes:  # fixed input dims: the profiler and ORT's shape-dependent optimizations see one shape
         model = fix_input_shapes(model, shapes)
     calib, held_out = data_for(name, model)
-    row: dict = {"model": name, "ratio": ratio}
-    pruned = {}
-    for mode in ("none", "lstsq"):
-        opts = PruneOptions(ratio=ratio, criterion=criterion, recover=mode, refit_inputs=refit_inputs)
-        pruned[mode], report = prune_model(model, opts, shapes, calib)
-        row[f"fidelity_{mode}"] = _score(model, pruned[mode], held_out)
-    before, after = model_stats(model, shapes), model_stats(pruned["lstsq"], shapes)
-    row.update(macs_drop=1 - after.macs_known / before.macs_known, params_drop=1 - after.params / before.params,
-               groups=f"{report['groups_prunable']}/{report['groups_total']}",
-               coverage=report["macs_coverage"]["fraction"], recovery=report.get("recovery"))
+    rows, variants = [], {}
+    for round_to in (int(r) for r in args.round_to.split(",")):
+        row: dict = {"model": name, "ratio": ratio, "round_to": round_to}
+        pruned = {}
+        for mode in ("none", "lstsq"):
+            opts = PruneOptions(ratio=ratio, criterion=args.criterion, recover=mode, refit_inputs=args.refit_inputs,
+                                round_to=round_to, refit_layers=args.refit_layers)
+            pruned[mode], report = prune_model(model, opts, shapes, calib)
+            row[f"fidelity_{mode}"] = _score(model, pruned[mode], held_out)
+        before, after = model_stats(model, shapes), model_stats(pruned["lstsq"], shapes)
+        row.update(macs_drop=1 - after.macs_known / before.macs_known, params_drop=1 - after.params / before.params,
+                   groups=f"{report['groups_prunable']}/{report['groups_total']}",
+                   coverage=report["macs_coverage"]["fraction"], recovery=report.get("recovery"))
+        variants[f"round_to={round_to}"] = pruned["lstsq"]
+        rows.append(row)
     feed = {k: v[:1] for k, v in held_out.inputs.items()}
-    row["latency"] = latency(model, pruned["lstsq"], feed, profile)
-    return row
+    timed = latency(model, variants, feed, args.profile, args.repeats)
+    for row in rows:
+        row["latency"] = timed[f"round_to={row['round_to']}"]
+    return rows
 
 
 def table(rows: list[dict], profile: str) -> str:
-    lines = [f"| model | ratio | MACs drop | params drop | latency pruned/unpruned ({profile}) | "
-             "fidelity, no recovery | fidelity, lstsq recovery |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| model | ratio | round_to | MACs drop | params drop | latency pruned/unpruned ({profile}) | "
+             "fidelity, no recovery | fidelity, lstsq recovery |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['ratio']} | {r['macs_drop']:.1%} | {r['params_drop']:.1%} | "
+        lines.append(f"| {r['model']} | {r['ratio']} | {r['round_to']} | {r['macs_drop']:.1%} | "
+                     f"{r['params_drop']:.1%} | "
                      f"{r['latency']} | {r['fidelity_none']} | {r['fidelity_lstsq']} |")
     return "\n".join(lines)
 
@@ -109,14 +134,18 @@ def main() -> None:
     parser.add_argument("--criterion", default="l2")
     parser.add_argument("--profile", default="cpu-1t")
     parser.add_argument("--refit-inputs", default="pruned", choices=["pruned", "original"])
+    parser.add_argument("--refit-layers", default="cut", choices=["cut", "downstream"])
+    parser.add_argument("--round-to", default="1,8", help="comma list: one pruned variant per value")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved latency runs per model and ratio")
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
     names = list(corpus()) if args.models == "all" else args.models.split(",")
     rows = []
     for name in names:
         for ratio in (float(r) for r in args.ratios.split(",")):
-            rows.append(bench(name, ratio, args.criterion, args.profile, args.refit_inputs))
-            print(json.dumps(rows[-1], default=str), file=sys.stderr, flush=True)
+            for row in bench(name, ratio, args):
+                rows.append(row)
+                print(json.dumps(row, default=str), file=sys.stderr, flush=True)
     print(table(rows, args.profile))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(rows, indent=2, default=str))

@@ -222,6 +222,6 @@ def sensitivity(model: model_io.ModelSource, *, data: Any = None, ratios: Sequen
     reference = fidelity(source, source, dataset)
     use_accuracy = reference.accuracy_reference is not None
     base = reference.accuracy_reference if use_accuracy else 1.0
-    rows = curves(source, list(ratios), measure, shapes, criterion, progress)
+    rows = curves(source, list(ratios), measure, shapes, criterion, progress, data=dataset)
     return SensitivityReport(metric="accuracy" if use_accuracy else "cosine", reference=base, ratios=list(ratios),
                              groups=rows, suggested_overrides=suggest(rows, min_score * base))

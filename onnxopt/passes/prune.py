@@ -20,7 +20,8 @@ class PruneConfig(PassConfig):
     strategy: Literal["uniform", "global"] = "uniform"
     criterion: Literal["l1", "l2", "bn_scale", "activation"] = "l2"
     aggregate: Literal["sum", "mean", "max"] = "mean"
-    round_to: int = Field(1, ge=1)
+    # None: the target's channel block (8 unless the profile says otherwise) on groups of >= 8 blocks
+    round_to: int | None = Field(None, ge=1)
     min_channels: int = Field(1, ge=1)
     overrides: StrList = ()
     ignore: StrList = ()
@@ -29,6 +30,9 @@ class PruneConfig(PassConfig):
     # pruned: fit each layer on its input in the re-fitted model (one run per layer, best fidelity);
     # original: fit on the unpruned model's kept channels (one run per chunk of layers, much faster)
     refit_inputs: Literal["pruned", "original"] = "pruned"
+    # cut: re-fit the consumers of cut channels; downstream: also every conv/Gemm after them (depthwise
+    # and grouped convs too), so the error that reaches a layer is corrected there (slower, closer)
+    refit_layers: Literal["cut", "downstream"] = "cut"
     calib_samples: int = Field(32, ge=1)
 
 
@@ -51,12 +55,14 @@ class Prune(Pass):
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
         from onnxopt.prune.pruner import PruneOptions, prune_model
+        from onnxopt.prune.ratios import auto_rounding
 
         cfg: PruneConfig = self.config  # type: ignore[assignment]
         data = ctx.data.take(min(cfg.calib_samples, len(ctx.data))) if ctx.data is not None else None
-        opts = PruneOptions(cfg.ratio, cfg.strategy, cfg.criterion, cfg.aggregate, cfg.round_to, cfg.min_channels,
+        round_to, round_from = auto_rounding(cfg.round_to, ctx.profile)
+        opts = PruneOptions(cfg.ratio, cfg.strategy, cfg.criterion, cfg.aggregate, round_to, cfg.min_channels,
                             tuple(cfg.overrides), tuple(cfg.ignore), cfg.target_macs, cfg.recover, ctx.seed,
-                            cfg.refit_inputs)
+                            cfg.refit_inputs, round_from, cfg.refit_layers)
         pruned, report = prune_model(model, opts, ctx.shapes, data)
         ctx.details.update(report)
         cov = report["macs_coverage"]

@@ -116,6 +116,9 @@ class Accelerates(_Strict):
     activation_symmetric: bool = False
     weight_symmetric: bool = True
     per_channel: bool = True
+    # channel counts that are multiples of this run fastest (MLAS NCHWc blocks, tensor-core tiles);
+    # structured pruning rounds kept channels to it
+    channel_block: int | None = Field(default=None, ge=1, le=256)
     notes: str = ""
 
 

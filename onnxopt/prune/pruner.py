@@ -35,6 +35,8 @@ class PruneOptions:
     recover: str = "auto"  # auto (lstsq when data is given), lstsq, bias, none
     seed: int = 0
     refit_inputs: str = "pruned"  # pruned: layer by layer (exact, slow); original: one run per chunk
+    round_from: int = 0  # groups narrower than this are not rounded (see ratios.auto_rounding)
+    refit_layers: str = "cut"  # cut: consumers of cut channels; downstream: also every layer after them
 
 
 def estimate_macs(result: Result, removed: set[int]) -> int:
@@ -54,7 +56,8 @@ def estimate_macs(result: Result, removed: set[int]) -> int:
 def select(result: Result, scores: dict[int, float], opts: PruneOptions) -> set[int]:
     """Classes to remove for a ratio, or, with ``target_macs``, the smallest ratio reaching it."""
     def for_ratio(ratio: float) -> set[int]:
-        budget = Budget(ratio, opts.strategy, opts.round_to, opts.min_channels, opts.overrides, opts.ignore)
+        budget = Budget(ratio, opts.strategy, opts.round_to, opts.min_channels, opts.overrides, opts.ignore,
+                        opts.round_from)
         return guard(result, choose(result.groups, scores, budget))
 
     if opts.target_macs is None:
@@ -85,17 +88,18 @@ def prune_model(model: onnx.ModelProto, opts: PruneOptions, shapes: Mapping[str,
     pruned = cut(result, removed, like=model)
     mode = opts.recover if opts.recover != "auto" else ("lstsq" if data is not None else "none")
     if mode != "none":
-        pruned, report["recovery"] = _recover(model, pruned, data, kept, mode, opts.seed, kept_in)
+        pruned, report["recovery"] = _recover(model, pruned, data, kept, mode, opts, kept_in)
     return pruned, report
 
 
-def _recover(model, pruned, data, kept, mode: str, seed: int, kept_in=None) -> tuple[onnx.ModelProto, dict]:
+def _recover(model, pruned, data, kept, mode: str, opts: PruneOptions, kept_in=None) -> tuple[onnx.ModelProto, dict]:
     """Re-fit, and measure the first output's cosine to the unpruned model with and without it."""
     if data is None:
         raise ConfigError(f"recover={mode} needs calibration data", "pass calibration data, or recover=none")
     from onnxopt.prune.recover import output_cosine, recover
 
-    recovered, info = recover(model, pruned, data, kept, mode=mode, seed=seed, kept_in=kept_in)
+    recovered, info = recover(model, pruned, data, kept, mode=mode, seed=opts.seed, kept_in=kept_in,
+                              downstream=opts.refit_layers == "downstream")
     if info["layers"]:
         info["cosine_without"] = round(output_cosine(model, pruned, data), 6)
         info["cosine_with"] = round(output_cosine(model, recovered, data), 6)

@@ -3,7 +3,10 @@
 ``uniform``: every group loses ``ratio`` of its channels (its lowest-scored free classes).
 ``global``: scores are divided by their group's mean and one threshold is drawn over all groups,
 so groups with many weak channels lose more. Both honour ``min_channels``, ``round_to`` (kept
-counts rounded *up* to a multiple), per-pattern ``overrides`` and ``ignore``.
+counts rounded *up* to a multiple; only in groups of at least ``round_from`` channels), per-pattern
+``overrides`` and ``ignore``. :func:`auto_rounding` picks ``round_to`` for a target when the user
+did not: kernels run channels in blocks (onnxruntime's CPU convs in NCHWc blocks of 8 with AVX2,
+16 with AVX-512; tensor cores in 8s), and a count just past a block costs a whole block.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from onnxopt.errors import ConfigError
 from onnxopt.prune.groups import Group
 
 MAX_GLOBAL_RATIO = 0.9  # a global threshold never empties a group below this much of it
+DEFAULT_BLOCK = 8  # AVX2 NCHWc block and fp16 tensor-core multiple: the common divisor of most targets
+# automatic rounding leaves groups narrower than this many blocks exact: rounding a 16-channel group
+# up to 8s would cancel most of its cut, and narrow layers hold little of the time
+AUTO_ROUND_MIN_BLOCKS = 8
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,17 @@ class Budget:
     min_channels: int = 1
     overrides: tuple[str, ...] = ()  # "pattern=ratio"
     ignore: tuple[str, ...] = ()
+    round_from: int = 0  # groups narrower than this keep their exact count
+
+
+def auto_rounding(round_to: int | None, profile: object = None) -> tuple[int, int]:
+    """``(round_to, round_from)``: the user's value applies to every group; without one, the target's
+    channel block (a profile's ``accelerates.channel_block`` when it declares one, else 8) applies to groups of at
+    least ``AUTO_ROUND_MIN_BLOCKS`` blocks."""
+    if round_to is not None:
+        return round_to, 0
+    block = int(getattr(getattr(profile, "accelerates", None), "channel_block", None) or DEFAULT_BLOCK)
+    return block, block * AUTO_ROUND_MIN_BLOCKS
 
 
 def parse_overrides(items: tuple[str, ...]) -> list[tuple[str, float]]:
@@ -50,7 +68,7 @@ def _matches(group: Group, pattern: str) -> bool:
 
 def _kept(n: int, remove: int, group: Group, budget: Budget) -> int:
     kept = max(n - remove, budget.min_channels, len(group.pinned))
-    if budget.round_to > 1:
+    if budget.round_to > 1 and n >= budget.round_from:
         kept = math.ceil(kept / budget.round_to) * budget.round_to
     return min(kept, n)
 

@@ -20,8 +20,10 @@ MAX_FEATURES = 8192  # wider layers (VGG's 25088-wide FC) are left as cut: their
 RIDGE = 0.1  # relative to the mean diagonal; chosen on a validation split of the digits calibration set
 
 
-def _layers(pruned_graph, original_graph, mode: str) -> list:
-    """Nodes worth re-fitting: input features cut, weights constant, a shape we can im2col."""
+def _layers(pruned_graph, original_graph, mode: str, downstream: bool = False) -> list:
+    """Nodes worth re-fitting: input features cut, weights constant, a shape we can im2col. With
+    ``downstream``, also every such layer after the first cut one, whose input the cut perturbed:
+    each re-fit then corrects the error that reached it, up to the last layer."""
     before = {n.outputs[0].name: n for n in original_graph.nodes if n.outputs}
     chosen = []
     for node in pruned_graph.nodes:
@@ -31,8 +33,8 @@ def _layers(pruned_graph, original_graph, mode: str) -> list:
         w, w_old = const_value(node.inputs[1]), const_value(old.inputs[1]) if old is not None else None
         if w is None or w_old is None or w.ndim != w_old.ndim:
             continue
-        in_axis = _in_axis(node, w)
-        if in_axis is None or w.shape[in_axis] == w_old.shape[in_axis]:
+        in_axis = _in_axis(node, w, grouped=downstream)
+        if in_axis is None or (w.shape[in_axis] == w_old.shape[in_axis] and not (downstream and chosen)):
             continue
         if w.size // max(w.shape[_out_axis(node)], 1) + 1 > MAX_FEATURES or (node.op == "MatMul" and mode == "bias"):
             continue
@@ -40,9 +42,9 @@ def _layers(pruned_graph, original_graph, mode: str) -> list:
     return chosen
 
 
-def _in_axis(node, w: np.ndarray) -> int | None:
+def _in_axis(node, w: np.ndarray, grouped: bool = False) -> int | None:
     if node.op == "Conv":
-        return 1 if int(node.attrs.get("group", 1)) == 1 and w.ndim == 4 else None
+        return 1 if (grouped or int(node.attrs.get("group", 1)) == 1) and w.ndim == 4 else None
     if node.op == "Gemm":
         return None if int(node.attrs.get("transA", 0)) else (1 if int(node.attrs.get("transB", 0)) else 0)
     return 0 if w.ndim == 2 else None
@@ -163,17 +165,19 @@ def _ridge(a: np.ndarray, y: np.ndarray, prior: np.ndarray) -> np.ndarray:
 def recover(original: onnx.ModelProto, pruned: onnx.ModelProto, data, kept_out: dict[str, np.ndarray],
             mode: str = "lstsq", seed: int = 0, rows_per_layer: int = 4096,
             kept_in: dict[str, tuple[int, np.ndarray]] | None = None,
-            memory_mb: float = 1024) -> tuple[onnx.ModelProto, dict]:
+            memory_mb: float = 1024, downstream: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Re-fit the cut consumers of ``pruned`` on ``data``; returns the new model and what was done.
 
     Without ``kept_in`` the layers are fitted one after another, each on its input in the model with
     the layers before it re-fitted (one run over the data per layer: exact, slow on deep models).
     With ``kept_in`` (tensor -> (axis, kept channel indices)) every layer is fitted on the original
     model's kept input channels, so one run of the original model serves a whole chunk of layers;
-    chunks are sized so their sampled rows fit in ``memory_mb``.
+    chunks are sized so their sampled rows fit in ``memory_mb``. ``downstream`` (layer by layer only:
+    fitted on original inputs, an uncut layer would just be fitted to itself) also re-fits the
+    layers after the first cut one, depthwise and grouped convs included.
     """
     graph = to_graph(pruned)
-    layers = _layers(graph, to_graph(original), mode)
+    layers = _layers(graph, to_graph(original), mode, downstream and kept_in is None)
     if not layers:
         return pruned, {"mode": mode, "layers": 0}
     rng = np.random.default_rng(seed)
@@ -244,10 +248,26 @@ def _solve(node, x: np.ndarray, y: np.ndarray, mode: str) -> tuple[np.ndarray | 
     else:
         has_bias = len(node.inputs) > 2 and node.inputs[2].name
         bias = const_value(node.inputs[2]).reshape(-1) if has_bias else np.zeros(w2.shape[0])
-        new_w, new_b = _fit(x, y, w2, bias, mode)
+        groups = int(node.attrs.get("group", 1)) if node.op == "Conv" else 1
+        new_w, new_b = _fit_grouped(x, y, w2, bias, groups, mode)
     rest = tuple(np.delete(np.array(w.shape), out_axis))
     shaped = np.moveaxis(new_w.reshape((w.shape[out_axis],) + rest), 0, out_axis)
     return shaped.astype(w.dtype), None if new_b is None else new_b.astype(w.dtype)
+
+
+def _fit_grouped(x: np.ndarray, y: np.ndarray, w2: np.ndarray, bias: np.ndarray, groups: int,
+                 mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """A grouped (or depthwise) conv is ``groups`` independent small convs: one small least squares
+    per group, on that group's patch columns (a depthwise 5x5 channel: 25 features + bias)."""
+    if groups == 1:
+        return _fit(x, y, w2, bias, mode)
+    bias = bias.astype(np.float64)
+    out_g, feat = w2.shape[0] // groups, w2.shape[1]
+    new_w, new_b = np.empty_like(w2), np.empty_like(bias)
+    for g in range(groups):
+        rows, cols = slice(g * out_g, (g + 1) * out_g), slice(g * feat, (g + 1) * feat)
+        new_w[rows], new_b[rows] = _fit(x[:, cols], y[:, rows], w2[rows], bias[rows], mode)
+    return new_w, new_b
 
 
 def _write(node, weight: np.ndarray, bias: np.ndarray | None) -> None:

@@ -20,10 +20,12 @@ from onnxopt.prune.ratios import Budget, choose
 
 def curves(model: onnx.ModelProto, ratios: Sequence[float], measure: Callable[[onnx.ModelProto], float],
            shapes: Mapping[str, Sequence[int]] | None = None, criterion: str = "l2",
-           progress: Callable[[str, float], None] | None = None) -> list[dict]:
-    """One row per prunable group: its producers, MACs share, and (ratio, MACs drop, score) points."""
+           progress: Callable[[str, float], None] | None = None, data: object = None) -> list[dict]:
+    """One row per prunable group: its producers, MACs share, and (ratio, MACs drop, score) points.
+
+    ``data`` is the calibration data the ``activation`` criterion scores channels on."""
     base = analyze(model, shapes)
-    scores = class_scores(base, criterion, "mean")
+    scores = class_scores(base, criterion, "mean", data)
     total = sum(base.node_macs.values()) or 1
     rows = []
     prunable = [g for g in base.groups if g.prunable]

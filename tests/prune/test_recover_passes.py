@@ -34,3 +34,23 @@ def test_memory_budget_splits_the_layers_into_passes():
     _, one = recover(model, pruned, calib, kept_out, kept_in=kept_in)
     _, many = recover(model, pruned, calib, kept_out, kept_in=kept_in, memory_mb=1e-6)
     assert one["passes"] == 1 and many["passes"] == many["layers"] > 1
+
+
+def test_downstream_refit_covers_depthwise_convs_and_helps():
+    from onnxopt.data import Dataset
+    from tests.conftest import CORPUS_SHAPES
+    from tests.corpus_data import cls_inputs
+
+    model = load_corpus("ppocr_cls")
+    shapes = CORPUS_SHAPES["ppocr_cls"]
+    calib = Dataset({"x": cls_inputs(4, seed=0)})
+    held_out = Dataset({"x": cls_inputs(8, seed=1)})
+    cut_only, rec_cut = prune_model(model, PruneOptions(ratio=0.3), shapes, calib)
+    fitted, rec_down = prune_model(model, PruneOptions(ratio=0.3, refit_layers="downstream"), shapes, calib)
+    assert rec_down["recovery"]["layers"] > rec_cut["recovery"]["layers"]
+    refit = {i.name for i in fitted.graph.initializer if i.name.endswith("_refit")}
+    depthwise = [n for n in fitted.graph.node if n.op_type == "Conv"
+                 and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert depthwise and any(n.input[1] in refit for n in depthwise)
+    assert fidelity(model, fitted, held_out).outputs[0].cosine_mean >= \
+        fidelity(model, cut_only, held_out).outputs[0].cosine_mean - 0.01

@@ -52,3 +52,41 @@ def test_sensitivity_plot_writes_a_png(tmp_path, capsys):
         image.verify()
     with Image.open(path) as image:
         assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_default_rounding_follows_the_target_block_on_wide_groups_only():
+    from onnxopt.profile.profiles import get_profile
+    from onnxopt.prune.ratios import auto_rounding
+
+    assert auto_rounding(None, None) == (8, 64) == auto_rounding(None, get_profile("cpu-1t"))
+    assert auto_rounding(16, get_profile("cpu-1t")) == (16, 0)  # the user's value wins, on every group
+    model = load_corpus("ppocr_cls")
+    shapes = {"x": [1, 3, 48, 192]}
+    _, auto = run_pass(get_pass("prune")(ratio=0.3), model, PassContext(shapes=shapes))
+    _, exact = run_pass(get_pass("prune")(ratio=0.3, round_to=1), model, PassContext(shapes=shapes))
+    for a, e in zip(auto.details["groups"], exact.details["groups"], strict=True):
+        if a["prunable"] and a["channels"] >= 64:
+            assert a["kept"] % 8 == 0 and a["kept"] >= e["kept"], (a, e)
+        else:
+            assert a["kept"] == e["kept"], (a, e)
+    assert auto.after.macs_known < auto.before.macs_known
+
+
+def test_auto_rounding_follows_the_profile_channel_block(tmp_path):
+    from onnxopt.profile import get_profile
+    from onnxopt.prune.ratios import AUTO_ROUND_MIN_BLOCKS, auto_rounding
+
+    assert auto_rounding(None, get_profile("cpu")) == (8, 8 * AUTO_ROUND_MIN_BLOCKS)
+    wide = tmp_path / "wide.toml"
+    wide.write_text('extends = "cpu"\n[accelerates]\nchannel_block = 16\n')
+    assert auto_rounding(None, get_profile(wide)) == (16, 16 * AUTO_ROUND_MIN_BLOCKS)
+    assert auto_rounding(4, get_profile(wide)) == (4, 0)  # the user's value wins, for every group
+
+
+def test_sensitivity_with_activation_criterion_uses_the_data():
+    import onnxopt
+    from tests.conftest import DIGITS, DIGITS_EVAL
+
+    report = onnxopt.sensitivity(DIGITS, data=str(DIGITS_EVAL), ratios=[0.3], criterion="activation", limit=32)
+    assert report.metric == "accuracy" and report.groups
+    assert all(0.0 <= point["score"] <= 1.0 for row in report.groups for point in row["points"])
