@@ -33,6 +33,7 @@ from tests.corpus_data import cls_inputs, det_inputs  # noqa: E402
 
 MODES = {"static-qdq": {}, "static-qop": {"format": "qoperator"}, "dynamic": {"mode": "dynamic"},
          "weight-only-int8": {"mode": "weight-only"}, "latency-aware": {"latency_aware": True},
+         "latency-aware-cos0.999": {"latency_aware": True, "target": "cosine>=0.999"},
          "mixed-cos0.999": {"target": "cosine>=0.999"},
          "mixed16-cos0.999": {"target": "cosine>=0.999", "fallback": "int16"}, "fp16": None}
 
@@ -87,7 +88,7 @@ def convert_all(model, data) -> tuple[dict, dict]:
             print(f"# {label}: {len(kept['kept_in_float'])} in float, {len(kept.get('kept_16bit', []))} at 16-bit "
                   f"of {kept.get('quantizable_nodes')} quantizable", flush=True)
         for note in ctx.notes:
-            if note.startswith(("WARNING", "mixed precision", "latency-aware", "fp16")):
+            if note.startswith(("WARNING", "mixed precision", "latency-aware", "fp16", "calibration:")):
                 print(f"#   {note[:300]}", flush=True)
     return variants, convert
 

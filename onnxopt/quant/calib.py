@@ -111,6 +111,31 @@ def calibrate(model_path: Path, data, specs: Sequence[TensorSpec], *, workdir: P
     return ranges, info
 
 
+def percentile_ranges(model_path: Path, data, specs: Sequence[TensorSpec], percentiles: Sequence[float], *,
+                      workdir: Path, op_types: Sequence[str] | None = None, samples: int = 64,
+                      symmetric: bool = False, budget: int | None = None) -> dict[float, object]:
+    """Percentile ranges for several percentiles from *one* histogram pass (the histogram does not
+    depend on the percentile, so a search can compare clippings for the price of one calibration)."""
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    feeds = list(dataset_feeds(data, specs, samples))
+    if not feeds:
+        raise DataError("the calibration data has no samples", "give at least one sample")
+    calibrator = create_calibrator(model_path, list(op_types) if op_types else None,
+                                   augmented_model_path=str(workdir / "augmented_hist.onnx"),
+                                   calibrate_method=_ort_method("percentile"), providers=["CPUExecutionProvider"],
+                                   extra_options={"symmetric": symmetric, "percentile": max(percentiles)})
+    per_sample = _bytes_per_sample(calibrator, feeds[0])
+    chunk = int(max(1, min(len(feeds), (memory_budget(budget) // 2) // max(per_sample, 1))))
+    for start in range(0, len(feeds), chunk):
+        calibrator.collect_data(FeedReader(feeds[start:start + chunk]))
+    found = {}
+    for percentile in percentiles:
+        calibrator.collector.percentile = percentile  # ORT reads it in compute_data; histograms stay
+        found[percentile] = calibrator.compute_data()
+    return found
+
+
 def _bytes_per_sample(calibrator, feed: dict[str, np.ndarray]) -> int:
     """What one sample's intermediate outputs weigh, measured on the augmented model."""
     outputs = calibrator.infer_session.run(None, feed)

@@ -64,6 +64,7 @@ class LatencyResult:
     whole: dict[str, dict[str, float]]
     notes: list[str] = field(default_factory=list)
     unattributed_us: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, dict] = field(default_factory=dict)  # variant -> fidelity scores, when judged
 
     def kept_in_float(self) -> list[str]:
         return sorted(_kept(self.decisions))
@@ -142,8 +143,11 @@ def chosen(decisions: Sequence[Decision], keep: frozenset[str]) -> None:
 
 
 def latency_aware(quantizer: StaticQuantizer, original: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]],
-                  profile=None, *, timer: Timer | None = None, whole: Whole | None = None) -> LatencyResult:
-    """The fastest by measured latency of: the fp32 input, full int8, and the partial variants."""
+                  profile=None, *, timer: Timer | None = None, whole: Whole | None = None, judge=None,
+                  extra: Mapping[str, Variant] | None = None) -> LatencyResult:
+    """The fastest by measured latency of: the fp32 input, full int8, the partial variants and
+    ``extra`` (e.g. the accuracy search's model) -- among those that ``judge`` (a
+    :class:`~onnxopt.quant.targets.Judge`: the user's target, or a fidelity floor) accepts."""
     if timer is None:
         anchors = Anchors(quantizer.model, quantizer.quantizable())
 
@@ -153,14 +157,32 @@ def latency_aware(quantizer: StaticQuantizer, original: onnx.ModelProto, feeds: 
         def whole(models: Mapping[str, onnx.ModelProto]) -> dict[str, list[float]]:
             return measure_interleaved(models, feeds, profile)
     decisions, variants, unattributed = search(quantizer, timer)
+    variants.update(extra or {})
     times = whole({"fp32": original, **{label: v.model for label, v in variants.items()}})
     stats = {label: summarize(values, times["fp32"]) for label, values in times.items()}
-    choice = min(stats, key=lambda label: (stats[label]["median_ms"], label == "fp32"))
+    scores = {label: judge.score(v.model) for label, v in variants.items()} if judge is not None else {}
+    fit = [label for label in stats if label == "fp32" or judge is None or judge.holds(scores[label])]
+    choice = min(fit, key=lambda label: (stats[label]["median_ms"], label == "fp32"))
     model = original if choice == "fp32" else variants[choice].model
     chosen(decisions, frozenset(_kept(decisions)) if choice == "fp32" else variants[choice].keep)
-    result = LatencyResult(model, choice, decisions, stats, unattributed_us=unattributed)
+    result = LatencyResult(model, choice, decisions, stats, unattributed_us=unattributed, scores=scores)
     result.notes.extend(_notes(result))
+    if judge is not None:
+        result.notes.extend(_fidelity_notes(result, judge, stats))
     return result
+
+
+def _fidelity_notes(result: LatencyResult, judge, stats: Mapping[str, dict[str, float]]) -> list[str]:
+    """Say which faster variants were refused for fidelity: never drop a broken model silently."""
+    faster = [k for k in stats if k != "fp32" and stats[k]["median_ms"] < stats[result.choice]["median_ms"]]
+    criteria = ", ".join(map(str, judge.criteria))
+    notes = [f"latency-aware: scored against {criteria} on {len(judge.data)} held-out sample(s): " + "; ".join(
+        f"{k} {judge.describe(v)}" for k, v in result.scores.items())]
+    if faster:
+        prefix = "WARNING: " if result.choice == "fp32" else ""
+        notes.append(f"{prefix}latency-aware: refused the faster {', '.join(faster)}: they miss {criteria}; "
+                     f"returned {result.choice!r}")
+    return notes
 
 
 def _notes(result: LatencyResult) -> list[str]:
@@ -171,8 +193,9 @@ def _notes(result: LatencyResult) -> list[str]:
         f"n={v['n']:.0f})" for k, v in s.items())]
     if result.choice == "fp32":
         best = max((k for k in s if k != "fp32"), key=lambda k: s[k]["speedup"])
-        notes.append("WARNING: latency-aware: no quantized variant was faster than the fp32 input on this machine "
-                     f"(best: {best} at {s[best]['speedup']:.2f}x); returned the float input UNCHANGED")
+        why = "faster than the fp32 input on this machine" + (" and within the fidelity bar" if result.scores else "")
+        notes.append(f"WARNING: latency-aware: no quantized variant was {why} "
+                     f"(fastest: {best} at {s[best]['speedup']:.2f}x); returned the float input UNCHANGED")
     else:
         what = (f"{len(floated)} of {len(result.decisions)} quantizable group(s) kept in float, as they were not "
                 "faster in int8 on this machine (per-node onnxruntime profile)") if floated else "every group in int8"

@@ -11,6 +11,7 @@ import onnx
 from onnxopt.errors import ConfigError
 from onnxopt.quant.config import QuantizeConfig, resolve
 
+FLOOR = 0.99  # latency-aware without a target: the least output cosine a returned variant may have
 LATENCY_SAMPLES = 4  # inputs cycled through while timing (a batch-1 model runs one at a time)
 
 
@@ -43,9 +44,8 @@ def _static(model: onnx.ModelProto, cfg: QuantizeConfig, ctx, notes: list[str]) 
     notes.extend(quantizer.notes)
     ctx.details["quantize"] = {"settings": settings.__dict__, "calibration": quantizer.info.__dict__,
                                "quantizable_nodes": len(quantizer.quantizable())}
-    if cfg.target and cfg.latency_aware:
-        raise ConfigError("target and latency_aware cannot be combined yet",
-                          "use one: target=... keeps accuracy, latency_aware=true keeps speed")
+    if cfg.latency_aware:
+        return _latency_aware(model, quantizer, ctx, notes)
     if cfg.target:
         from onnxopt.quant.mixed import keep_accuracy
         from onnxopt.quant.targets import Judge, load_metric, parse_target
@@ -56,10 +56,9 @@ def _static(model: onnx.ModelProto, cfg: QuantizeConfig, ctx, notes: list[str]) 
         wide = cfg.fallback == "int16"
         ctx.details["quantize"].update(kept_in_float=[] if wide else result.kept,
                                        kept_16bit=result.kept if wide else [],
-                                       scores=result.scores, search=result.trail)
+                                       scores=result.scores, search=result.trail,
+                                       calibration_search=result.calibration)
         return result.model
-    if cfg.latency_aware:
-        return _latency_aware(model, quantizer, ctx, notes)
     return quantizer.quantize()
 
 
@@ -69,10 +68,11 @@ def _latency_aware(model: onnx.ModelProto, quantizer, ctx, notes: list[str]) -> 
     from onnxopt.quant.latency import latency_aware
 
     feeds = list(dataset_feeds(ctx.data, input_specs(quantizer.model), LATENCY_SAMPLES))
-    result = latency_aware(quantizer, model, feeds, ctx.profile)
+    judge, extra = _fidelity_bar(quantizer, ctx, notes)
+    result = latency_aware(quantizer, model, feeds, ctx.profile, judge=judge, extra=extra)
     notes.extend(result.notes)
     ctx.details["quantize"].update(
-        latency_aware={"choice": result.choice, "whole_model": result.whole,
+        latency_aware={"choice": result.choice, "whole_model": result.whole, "scores": result.scores,
                        "nodes": [d.row() for d in result.decisions], "unattributed_us": result.unattributed_us},
         kept_in_float=result.kept_in_float())
     if result.choice == "fp32":
@@ -80,6 +80,34 @@ def _latency_aware(model: onnx.ModelProto, quantizer, ctx, notes: list[str]) -> 
         out.CopyFrom(model)
         return out
     return result.model
+
+
+def _fidelity_bar(quantizer, ctx, notes: list[str]):
+    """The judge for latency-aware candidates, on held-out samples (those past ``calib_size``, else the
+    last quarter): the user's target, or a cosine floor (:data:`FLOOR`) so a broken int8 model (PP-OCR
+    det: 0.74) never wins on speed alone. With a target, the accuracy search's model joins the race."""
+    from onnxopt.errors import PassError
+    from onnxopt.quant.latency import Variant
+    from onnxopt.quant.mixed import keep_accuracy
+    from onnxopt.quant.targets import Criterion, Judge, load_metric, parse_target
+
+    cfg, data = quantizer.cfg, ctx.data
+    held = len(data) - cfg.calib_size if len(data) > cfg.calib_size else max(1, len(data) // 4)
+    if len(data) <= cfg.calib_size:
+        notes.append(f"latency-aware: fidelity scored on the last {held} calibration sample(s): no held-out "
+                     f"data (give more than calib_size={cfg.calib_size} samples)")
+    criteria = parse_target(cfg.target) if cfg.target else [Criterion("cosine", FLOOR)]
+    metric = load_metric(cfg.eval) if cfg.eval else None
+    judge = Judge(quantizer.model, data.tail(held), criteria, metric)
+    if not cfg.target:
+        return judge, {}
+    try:
+        found = keep_accuracy(quantizer, Judge(quantizer.model, data, criteria, metric), data, notes)
+    except PassError as exc:
+        notes.append(f"latency-aware: no mixed-precision candidate: {exc}")
+        return judge, {}
+    keep = frozenset() if cfg.fallback == "int16" else frozenset(found.kept)
+    return judge, {"mixed": Variant(found.model, keep)}
 
 
 def fp16(model: onnx.ModelProto, cfg, ctx) -> onnx.ModelProto:

@@ -23,6 +23,7 @@ class SearchResult:
     kept: list[str]
     scores: dict
     trail: list[dict] = field(default_factory=list)  # every (kept count, scores) tried
+    calibration: list[dict] = field(default_factory=list)  # every calibration scored with all nodes in int8
 
 
 def bisect_fallback(ranked: Sequence[str], build: Callable[[set[str]], onnx.ModelProto], judge: Judge,

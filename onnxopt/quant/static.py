@@ -13,14 +13,16 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import onnx
 
 from onnxopt.errors import ConfigError
 from onnxopt.model import input_specs, parse_size
-from onnxopt.quant.calib import calibrate, save_ranges
+from onnxopt.quant.calib import calibrate, percentile_ranges, save_ranges
 from onnxopt.quant.config import QuantizeConfig, Resolved, ort_type
 from onnxopt.quant.ortio import quiet, read_model, workdir, write_model
 from onnxopt.quant.prepare import prepare
@@ -51,7 +53,8 @@ class StaticQuantizer:
         if data is None:
             raise ConfigError("static quantization needs calibration data",
                               "pass --calib data.npz (or an image folder); --calib synthetic only for a smoke test")
-        self.cfg, self.settings, self.notes = cfg, settings, []
+        self.cfg, self.settings, self.notes, self.data = cfg, settings, [], data
+        self.wide_ranges = None  # ranges for 16-bit tensors when ``ranges`` are clipped (see clipped())
         prepared = prepare(model, run_pre_process=cfg.pre_process)
         self.model, self.notes = prepared.model, list(prepared.notes)
         self.op_types = list(cfg.op_types) or default_op_types()
@@ -70,6 +73,24 @@ class StaticQuantizer:
                 samples=cfg.calib_size, percentile=cfg.percentile, symmetric=settings.symmetric_activations,
                 budget=budget)
         self.notes.append(self.info.describe())
+
+    def clipped(self, percentiles: Sequence[float]) -> dict[float, StaticQuantizer]:
+        """Copies of this quantizer calibrated by percentile (one histogram pass for all), sharing the
+        prepared model. Their 16-bit tensors (:mod:`.wide`) keep this quantizer's ranges: 16 bits
+        have the resolution for the whole range, and clipping there would only add error."""
+        with workdir() as work, quiet():
+            src = write_model(self.model, work / "float.onnx")
+            found = percentile_ranges(src, self.data, input_specs(self.model), percentiles, workdir=work,
+                                      op_types=self.op_types, samples=self.cfg.calib_size,
+                                      symmetric=self.settings.symmetric_activations,
+                                      budget=parse_size(self.cfg.calib_memory) if self.cfg.calib_memory else None)
+        clones = {}
+        for percentile, ranges in found.items():
+            clone = copy.copy(self)
+            clone.ranges, clone.wide_ranges = ranges, self.wide_ranges or self.ranges
+            clone.info = replace(self.info, method=f"percentile {percentile:g}")
+            clones[percentile] = clone
+        return clones
 
     def quantizable(self) -> list[str]:
         """Names of the nodes whose op type will be quantized (candidates for keeping in float)."""

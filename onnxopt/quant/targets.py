@@ -114,5 +114,14 @@ class Judge:
     def holds(self, scores: Mapping[str, float | None]) -> bool:
         return all(c.holds(scores.get(c.kind)) for c in self.criteria)
 
+    def margin(self, scores: Mapping[str, float | None]) -> float:
+        """How far the worst criterion is above its threshold (negative: missed by that much)."""
+        def slack(c: Criterion) -> float:
+            value = scores.get(c.kind)
+            if value is None:
+                return float("-inf")
+            return c.threshold - value if c.kind == "max_drop" else value - c.threshold
+        return min(slack(c) for c in self.criteria)
+
     def describe(self, scores: Mapping[str, float | None]) -> str:
         return ", ".join(f"{k}={v:.5f}" for k, v in scores.items() if v is not None)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import onnx
 
 WIDE_ACTIVATION = "u16"
@@ -26,9 +27,11 @@ WIDE_WEIGHT = "s16"
 WEIGHTED = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1,), "MatMul": (1,)}
 
 
-def wide_overrides(model: onnx.ModelProto, nodes: Iterable[str], activation_type: str) -> dict:
+def wide_overrides(model: onnx.ModelProto, nodes: Iterable[str], activation_type: str, ranges=None) -> dict:
     """onnxruntime ``TensorQuantOverrides`` that make ``nodes`` 16-bit in a model whose default
-    activation type is ``activation_type``; empty when ``nodes`` is empty."""
+    activation type is ``activation_type``; empty when ``nodes`` is empty. ``ranges`` (calibration
+    ``TensorsData``), when given, set the 16-bit tensors' ranges (``rmin``/``rmax``): the 8-bit
+    ranges may be percentile-clipped, and 16 bits can afford the full range."""
     from onnxruntime.quantization.execution_providers.qnn.mixed_precision_overrides_utils import (
         MixedPrecisionTensorQuantOverridesFixer,
     )
@@ -55,4 +58,17 @@ def wide_overrides(model: onnx.ModelProto, nodes: Iterable[str], activation_type
     default = ort_type(activation_type)
     fixer = MixedPrecisionTensorQuantOverridesFixer.create_from_model(helper, model, default)
     fixer.apply(default, False)
-    return helper.get_dict()
+    found = helper.get_dict()
+    if ranges is not None:
+        _full_ranges(found, ranges, inits, default)
+    return found
+
+
+def _full_ranges(overrides: dict, ranges, inits: set[str], default) -> None:
+    """Give every 16-bit activation (not converted, not a weight) its range from ``ranges``."""
+    for tensor, entries in overrides.items():
+        entry = entries[0]
+        if tensor in inits or tensor not in ranges or "convert" in entry or entry.get("quant_type") == default:
+            continue
+        lo, hi = (np.asarray(v, np.float32).reshape(-1)[0] for v in ranges[tensor].range_value)
+        entry["rmin"], entry["rmax"] = np.array(lo, np.float32), np.array(hi, np.float32)

@@ -7,7 +7,6 @@ import onnx
 import pytest
 
 from onnxopt.data import load_data
-from onnxopt.errors import ConfigError
 from onnxopt.model import input_specs
 from onnxopt.passes import PassContext
 from onnxopt.passes.quantize import Quantize
@@ -16,6 +15,7 @@ from onnxopt.quant.calib import dataset_feeds
 from onnxopt.quant.config import QuantizeConfig, resolve
 from onnxopt.quant.nodetime import Anchors, Timing, profile_nodes
 from onnxopt.quant.static import StaticQuantizer
+from onnxopt.quant.targets import parse_target
 from onnxopt.zoo import corpus
 
 
@@ -157,6 +157,66 @@ def test_latency_aware_shufflenet_keeps_slow_int8_transposes_in_float():
     assert shuffles and all(r["int8_us"] > r["float_us"] and r["decision"] == "float" for r in shuffles)
 
 
-def test_target_and_latency_aware_together_are_refused(digits):
-    with pytest.raises(ConfigError, match="combined"):
-        Quantize(latency_aware=True, target="cosine>=0.99").apply(digits[0], PassContext(data=digits[1]))
+class FakeJudge:
+    """Cosine falls with every quantized conv (0.1 each): the full int8 model is the worst one."""
+
+    def __init__(self, floor: float):
+        self.criteria, self.data = parse_target(f"cosine>={floor}"), [None]
+
+    def score(self, model: onnx.ModelProto) -> dict:
+        return {"cosine": 1.0 - 0.1 * len(quantized_convs(model))}
+
+    def holds(self, scores: dict) -> bool:
+        return scores["cosine"] >= self.criteria[0].threshold
+
+    def describe(self, scores: dict) -> str:
+        return f"cosine={scores['cosine']:.3f}"
+
+
+def _int8_fastest(models) -> dict[str, list[float]]:
+    order = ["int8", "partial 0", "mixed", "fp32"]  # anything else (later partials) is slowest
+    return {k: [1.0 + (order.index(k) if k in order else 9)] * 5 for k in models}
+
+
+def test_fidelity_bar_refuses_the_faster_broken_variant_loudly(digits_quantizer):
+    q = digits_quantizer
+    heads = list(Anchors(q.model, q.quantizable()).members())
+    fast, slow = heads[:2], heads[2:]
+    timer = FakeTimer(dict.fromkeys(heads, 100.0), {**dict.fromkeys(fast, 50.0), **dict.fromkeys(slow, 150.0)},
+                      {**dict.fromkeys(fast, 50.0), **dict.fromkeys(slow, 150.0)})
+    full = len(quantized_convs(q.quantize()))
+    judge = FakeJudge(floor=1.0 - 0.1 * (full - 1) + 1e-9)  # full int8 misses it, the 2-group partial meets it
+    result = latency.latency_aware(q, q.model, [], timer=timer, whole=_int8_fastest, judge=judge)
+    assert result.choice == "partial 0" and not judge.holds(result.scores["int8"])
+    assert any("refused the faster int8" in n for n in result.notes)
+    assert not any(n.startswith("WARNING") for n in result.notes)  # what came back meets the bar
+    strict = latency.latency_aware(q, q.model, [], timer=FakeTimer(*timer.tables, timer.partial),
+                                   whole=_int8_fastest, judge=FakeJudge(floor=1.01))
+    assert strict.choice == "fp32"
+    assert any(n.startswith("WARNING") and "refused the faster" in n for n in strict.notes)
+    assert any(n.startswith("WARNING") and "UNCHANGED" in n for n in strict.notes)
+
+
+def test_latency_aware_with_a_target_races_the_mixed_model(digits, monkeypatch):
+    model, calib, _ = digits
+    monkeypatch.setattr(latency, "measure_interleaved", lambda models, feeds, profile=None: _int8_fastest(models))
+    ctx = PassContext(data=calib)
+    out = Quantize(latency_aware=True, target="cosine>=0.99", calib_size=100).apply(model, ctx)
+    report = ctx.details["quantize"]["latency_aware"]
+    assert {"fp32", "int8", "mixed"} <= set(report["whole_model"]) and report["choice"] == "int8"
+    assert all(v["cosine"] >= 0.99 for k, v in report["scores"].items() if k in ("int8", "mixed"))
+    assert any("50 held-out sample(s)" in n for n in ctx.notes)
+    onnx.checker.check_model(out)
+
+
+def test_latency_aware_without_a_target_holds_a_cosine_floor(digits, monkeypatch):
+    from onnxopt.quant import run
+
+    model, calib, _ = digits
+    monkeypatch.setattr(latency, "measure_interleaved", lambda models, feeds, profile=None: _int8_fastest(models))
+    monkeypatch.setattr(run, "FLOOR", 1.01)  # no variant can reach it: the fp32 input comes back, loudly
+    ctx = PassContext(data=calib)
+    out = Quantize(latency_aware=True, calib_size=16).apply(model, ctx)
+    assert out.SerializeToString() == model.SerializeToString()
+    assert ctx.details["quantize"]["latency_aware"]["choice"] == "fp32"
+    assert any(n.startswith("WARNING") and "cosine>=1.01" in n for n in ctx.notes)
