@@ -95,10 +95,10 @@ def inspect(source: model_io.ModelSource, *, shapes: Shapes | None = None, top: 
     )
 
 
-def _dataset(data: Any, model: onnx.ModelProto, shapes: Shapes | None, limit: int | None):
+def _dataset(data: Any, model: onnx.ModelProto, shapes: Shapes | None, limit: int | None, image_spec: Any = None):
     from onnxopt.data import load_data
 
-    return load_data(data, model, shapes=shapes, limit=limit)
+    return load_data(data, model, shapes=shapes, limit=limit, image_spec=image_spec)
 
 
 def optimize(
@@ -113,6 +113,7 @@ def optimize(
     fidelity: bool = True,
     fidelity_samples: int = 128,
     data: Any = None,
+    image_spec: Any = None,
     profile: Any = None,
     progress: Progress | None = None,
     metric: str | None = None,
@@ -125,7 +126,8 @@ def optimize(
     ``opset`` upgrades the model first (``onnx.version_converter``).
     ``data`` is evaluation data for the fidelity check; without it, fidelity is measured on the
     last ``fidelity_samples`` samples of ``calib`` (calibrating passes read from the front), else
-    on synthetic inputs (the report says which).
+    on synthetic inputs (the report says which). ``image_spec`` (``"resize=256,crop=224,..."`` or
+    an ``ImageSpec``) preprocesses image folders given as ``calib`` or ``data``.
     ``metric`` (``"module:function"``, ``(outputs, labels) -> float``) becomes the ``eval`` option of
     every ``quantize`` pass, for ``max_drop`` targets (the same as writing ``quantize:eval=...``).
     """
@@ -139,13 +141,13 @@ def optimize(
 
         pipeline = use_metric(pipeline, metric)
     source = load(model, shapes=shapes, opset=opset)
-    calib_data = _dataset(calib, source, shapes, None) if calib is not None else None
+    calib_data = _dataset(calib, source, shapes, None, image_spec) if calib is not None else None
     ctx = PassContext(data=calib_data, profile=profile, seed=seed, shapes=shapes, progress=progress)
     optimized, records = pipeline.run(source, ctx)
     before = records[0].before if records else model_stats(source, shapes)
     report = OptimizeReport(passes=records, before=before, after=records[-1].after if records else before)
     if fidelity:
-        held_out = _dataset(data, source, shapes, None) if data is not None else calib_data
+        held_out = _dataset(data, source, shapes, None, image_spec) if data is not None else calib_data
         report.fidelity, note = _fidelity(source, optimized, held_out, shapes, seed, fidelity_samples)
         if note:
             report.notes.append(note)
@@ -166,12 +168,13 @@ def _fidelity(reference, candidate, data, shapes, seed, samples):
 
 
 def compare(a: model_io.ModelSource, b: model_io.ModelSource, *, data: Any = None, shapes: Shapes | None = None,
-            limit: int | None = None, seed: int = 0):
+            limit: int | None = None, seed: int = 0, image_spec: Any = None):
     """Run both models on the same inputs and return per-output agreement (``evaluate.Fidelity``)."""
     from onnxopt.evaluate import fidelity
 
     reference, candidate = load(a, shapes=shapes), load(b, shapes=shapes)
-    dataset = _dataset(data if data is not None else f"synthetic:n=8,seed={seed}", reference, shapes, limit)
+    dataset = _dataset(data if data is not None else f"synthetic:n=8,seed={seed}", reference, shapes, limit,
+                       image_spec)
     return fidelity(reference, candidate, dataset)
 
 

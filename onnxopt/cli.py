@@ -19,6 +19,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 ShapeOpt = Annotated[list[str] | None, typer.Option("--shape", help="Fix an input's dims: NAME=1x3x224x224 (repeat).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+ImageSpecOpt = Annotated[str | None, typer.Option(
+    "--image-spec", help="Preprocessing for image folders: resize=256,crop=224,layout=NCHW,color=RGB,"
+    "scale=1/255,mean=0.485|0.456|0.406,std=0.229|0.224|0.225")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 
 
@@ -95,6 +98,7 @@ def optimize(
     data: Annotated[str | None, typer.Option("--data", help="Evaluation data for fidelity (default: the tail "
                                                             "of --calib).")] = None,
     shape: ShapeOpt = None,
+    image_spec: ImageSpecOpt = None,
     opset: Annotated[int | None, typer.Option("--opset", help="Upgrade the model to this opset first.")] = None,
     seed: int = 0,
     external_data: Annotated[bool | None, typer.Option("--external-data/--no-external-data")] = None,
@@ -115,7 +119,8 @@ def optimize(
         raise OutputExistsError(f"refusing to overwrite the input model {model}", "choose another -o or pass --force")
     with _pass_progress(enabled=not json_out) as progress:
         result = onnxopt.optimize(model, passes, recipe=recipe, calib=calib, data=data, shapes=_shapes(shape),
-                                  opset=opset, seed=seed, progress=progress, metric=eval_metric)
+                                  opset=opset, seed=seed, progress=progress, metric=eval_metric,
+                                  image_spec=image_spec)
     onnxopt.save(result.model, output, external_data=external_data, protect=[model], force=force)
     payload = result.report.model_dump(mode="json")
     payload["output"] = str(output)
@@ -191,6 +196,7 @@ def compare(
     model_b: Path,
     data: Annotated[str | None, typer.Option("--data", help=".npz/.npy, image folder, or 'synthetic'.")] = None,
     shape: ShapeOpt = None,
+    image_spec: ImageSpecOpt = None,
     limit: int | None = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -198,7 +204,7 @@ def compare(
     """Run A and B on the same inputs: cosine, max |diff|, relative L2, top-1 agreement per output."""
     import onnxopt
 
-    result = onnxopt.compare(model_a, model_b, data=data, shapes=_shapes(shape), limit=limit)
+    result = onnxopt.compare(model_a, model_b, data=data, shapes=_shapes(shape), limit=limit, image_spec=image_spec)
     if json_out:
         return _emit_json(result.model_dump(mode="json"))
     _render_fidelity(_console(), result.model_dump(mode="json"))

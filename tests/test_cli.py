@@ -136,3 +136,20 @@ def test_console_script_and_debug_traceback(tmp_path):
     debug = subprocess.run([*exe, "inspect", str(tmp_path / "x.onnx"), "--debug"], capture_output=True, text=True,
                            timeout=120)
     assert debug.returncode == 3 and "Traceback" in debug.stderr
+
+
+def test_compare_on_an_image_folder_with_a_spec(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(folder / f"{index}.png")
+    rc, stdout, err = run_cli(["compare", DIGITS, DIGITS, "--data", folder, "--image-spec",
+                               "resize=8,crop=8,color=GRAY,scale=1/16", "--json"], capsys)
+    assert rc == 0, err
+    result = json.loads(stdout)
+    assert result["samples"] == 3 and result["synthetic"] is False
+    rc, _, err = run_cli(["compare", DIGITS, DIGITS, "--data", folder, "--image-spec", "bogus=1"], capsys)
+    assert rc == 2 and "bogus" in err
