@@ -157,6 +157,31 @@ def test_latency_aware_shufflenet_keeps_slow_int8_transposes_in_float():
     assert shuffles and all(r["int8_us"] > r["float_us"] and r["decision"] == "float" for r in shuffles)
 
 
+def test_a_gain_within_the_noise_returns_the_input(digits_quantizer):
+    """2% faster is within interleaved-timing noise: the float input comes back, and says why."""
+    q = digits_quantizer
+    heads = list(Anchors(q.model, q.quantizable()).members())
+    timer = FakeTimer(dict.fromkeys(heads, 100.0), dict.fromkeys(heads, 50.0), dict.fromkeys(heads, 50.0))
+    whole = {"fp32": [1.0] * 5, "int8": [0.98] * 5}
+    result = latency.latency_aware(q, q.model, [], timer=timer, whole=lambda models: {k: whole[k] for k in models})
+    assert result.choice == "fp32" and result.model is q.model
+    assert any(n.startswith("WARNING") and f"{latency.MIN_GAIN:.2f}x" in n for n in result.notes)
+
+
+def test_all_groups_in_float_is_not_raced_against_fp32(digits_quantizer):
+    q = digits_quantizer
+    heads = list(Anchors(q.model, q.quantizable()).members())
+    timer = FakeTimer(dict.fromkeys(heads, 100.0), dict.fromkeys(heads, 150.0), dict.fromkeys(heads, 150.0))
+    raced: list[str] = []
+
+    def whole(models):
+        raced.extend(models)
+        return {k: [1.0 if k == "fp32" else 1.5] * 5 for k in models}
+
+    result = latency.latency_aware(q, q.model, [], timer=timer, whole=whole)
+    assert sorted(raced) == ["fp32", "int8"] and result.choice == "fp32"
+
+
 class FakeJudge:
     """Cosine falls with every quantized conv (0.1 each): the full int8 model is the worst one."""
 
