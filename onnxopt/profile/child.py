@@ -75,8 +75,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                        "session_rss_mb": None if before is None or after is None else after - before})
     protocol = job["protocol"]
     for session, feeds in zip(sessions, job["feeds"], strict=True):
-        for i in range(protocol["warmup"]):
+        end, i = time.perf_counter() + protocol["warmup_s"] / len(sessions), 0
+        while i < protocol["warmup"] or time.perf_counter() < end:
             session.run(None, feeds[i % len(feeds)])
+            i += 1
     times, reached, elapsed = interleaved(sessions, job["feeds"], protocol)
     for model, model_times in zip(models, times, strict=True):
         model["times"] = model_times
