@@ -13,7 +13,6 @@ Example::
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
 import tempfile
@@ -35,6 +34,7 @@ from onnxopt.errors import (
     UnsafeModelError,
     UnsupportedOperatorError,
 )
+from onnxopt.proto import iter_tensors, serialized_size, skeleton
 
 PROTOBUF_LIMIT = 2**31 - 1
 # protobuf, numpy copies and the onnxruntime session each hold the weights once
@@ -146,23 +146,6 @@ def _check_memory(nbytes: int, where: Path | str) -> None:
 
 
 # ---------------------------------------------------------------- external data
-
-
-def iter_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from iter_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from iter_tensors(sub)
 
 
 def _external_tensors(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, dict[str, str]]]:
@@ -287,88 +270,6 @@ def _strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # ---------------------------------------------------------------- shapes and opsets
-
-
-SKELETON_MAX_ELEMENTS = 4096
-
-
-def skeleton(model: onnx.ModelProto, max_elements: int = SKELETON_MAX_ELEMENTS) -> onnx.ModelProto:
-    """The model without its large weights: each initializer above ``max_elements`` becomes a graph
-    input of the same type and shape. Shape inference and structural checks need only this, and
-    it avoids serializing hundreds of MB (small tensors stay: they hold shapes and axes)."""
-    light = onnx.ModelProto()
-    graph = model.graph
-    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(light, field, getattr(model, field))
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    g = light.graph
-    g.name = graph.name
-    g.node.extend(graph.node)
-    g.output.extend(graph.output)
-    g.value_info.extend(graph.value_info)
-    listed = {v.name for v in graph.input}
-    g.input.extend(graph.input)
-    for tensor in graph.initializer:
-        if math.prod(tensor.dims) <= max_elements:
-            g.initializer.append(tensor)
-        elif tensor.name not in listed:
-            g.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-    light.ir_version = max(light.ir_version, 4)  # initializers need not be inputs from IR 4 on
-    return light
-
-
-def _varint_len(value: int) -> int:
-    return max(1, (value.bit_length() + 6) // 7)
-
-
-def serialized_size(model: onnx.ModelProto) -> int:
-    """``model.ByteSize()`` without reading large weight payloads: upb copies a bytes field on every
-    access, which costs seconds per call on a VGG-sized model. Exact for raw_data tensors whose
-    length matches their dims (the checker's invariant)."""
-    light = onnx.ModelProto()
-    _copy_fields(model, light, skip="graph")
-    _copy_fields(model.graph, light.graph, skip="initializer")
-    extra = 0
-    for tensor in model.graph.initializer:
-        itemsize = _ITEMSIZE.get(tensor.data_type)
-        if not (itemsize and tensor.HasField("raw_data") and math.prod(tensor.dims) > SKELETON_MAX_ELEMENTS):
-            light.graph.initializer.append(tensor)
-            continue
-        stub = onnx.TensorProto(dims=tensor.dims, data_type=tensor.data_type, external_data=tensor.external_data,
-                                metadata_props=tensor.metadata_props)
-        # proto2 counts whether a field is set; ListFields() would copy raw_data, so ask field by field
-        for optional in ("name", "doc_string", "data_location"):
-            if tensor.HasField(optional):
-                setattr(stub, optional, getattr(tensor, optional))
-        if tensor.HasField("segment"):
-            stub.segment.CopyFrom(tensor.segment)
-        light.graph.initializer.append(stub)
-        payload = math.prod(tensor.dims) * itemsize
-        body = stub.ByteSize()
-        full = body + 1 + _varint_len(payload) + payload
-        extra += full - body + _varint_len(full) - _varint_len(body)
-    graph = light.graph.ByteSize()  # the graph's own length prefix grows with it too
-    return light.ByteSize() + extra + _varint_len(graph + extra) - _varint_len(graph)
-
-
-def _copy_fields(source, target, skip: str) -> None:
-    """Copy every set field of a protobuf message but one (to leave the heavy one behind)."""
-    for field, value in source.ListFields():
-        if field.name == skip:
-            continue
-        if hasattr(value, "extend"):  # a repeated field (FieldDescriptor.label is gone in protobuf 7)
-            getattr(target, field.name).extend(value)
-        elif field.message_type:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
-
-
-_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
-             onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
-             onnx.TensorProto.INT16: 2, onnx.TensorProto.UINT16: 2, onnx.TensorProto.INT32: 4,
-             onnx.TensorProto.INT64: 8, onnx.TensorProto.UINT32: 4, onnx.TensorProto.UINT64: 8}
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -525,10 +426,6 @@ def save(
             leftover.unlink()
         tmp_dir.rmdir()
     return target
-
-
-def serialize(model: onnx.ModelProto) -> bytes:
-    return model.SerializeToString()
 
 
 def ort_optimize(model: onnx.ModelProto, level: str = "basic") -> onnx.ModelProto:

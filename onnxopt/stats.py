@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 import onnx
 from pydantic import BaseModel
 
-from onnxopt.model import fix_input_shapes, infer_shapes, input_specs, iter_tensors, serialized_size, skeleton
+from onnxopt.model import fix_input_shapes, infer_shapes, input_specs
+from onnxopt.proto import iter_tensors, serialized_size, skeleton
 
 # dtypes that hold learned weights (shape tensors and indices are not parameters)
 WEIGHT_TYPES = {

@@ -215,7 +215,7 @@ def test_opset_upgrade():
 
 @pytest.mark.parametrize("name", ["digits", "ppocr_cls", "light_resnet50", "light_squeezenet"])
 def test_serialized_size_is_exact_without_reading_weights(name):
-    from onnxopt.model import serialized_size
+    from onnxopt.proto import serialized_size
     from tests.conftest import load_corpus
 
     model = load_corpus(name)

@@ -29,7 +29,7 @@ import onnx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from onnxopt.errors import ConfigError, OnnxOptError, PassError
-from onnxopt.model import skeleton
+from onnxopt.proto import skeleton
 from onnxopt.stats import ModelStats, model_stats
 
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxopt.model import PROTOBUF_LIMIT, ort_optimize, serialized_size
+from onnxopt.model import PROTOBUF_LIMIT, ort_optimize
 from onnxopt.passes.base import Choice, Pass, PassConfig, PassContext, register
 from onnxopt.passes.graph import const_value, only_consumer, to_graph, to_model
+from onnxopt.proto import serialized_size
 
 AFFINE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
 
