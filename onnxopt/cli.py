@@ -296,22 +296,25 @@ class _status:
 
 
 def _render_profile(payload: dict) -> None:
-    from rich.table import Table
+    from rich import box
+    from rich.table import Column, Table
 
     con = _console()
     ratios = {r["model"]: r for r in payload["ratios"]}
-    table = Table("model", "median ms", "±CI", "p90", "p99", "n", "items/s", "ratio [95% CI]",
-                  title=f"latency on profile {payload['profile']} ({payload['provider']})")
+    # fits an 80-column terminal unwrapped; p99 and throughput go on each model's line below
+    table = Table(*(Column(h, no_wrap=True) for h in ("model", "median ms", "±CI", "p90", "n")),
+                  Column("ratio [95% CI]", no_wrap=True, min_width=19),
+                  title=f"latency on profile {payload['profile']} ({payload['provider']})", box=box.SIMPLE_HEAD)
     for r in payload["results"]:
         name = Path(r["model"]).name
         if not r["ok"]:
-            table.add_row(name, f"[red]{r['failure']}[/]", *[""] * 6)
+            table.add_row(name, f"[red]{r['failure']}[/]", *[""] * 4)
             continue
         lat, ratio = r["latency_ms"], ratios.get(r["model"])
-        ratio_text = f"{ratio['ratio']:.3f} [{ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}]" if ratio else (
+        ratio_text = f"{ratio['ratio']:.3f} [{ratio['ci_low']:.3f}-{ratio['ci_high']:.3f}]" if ratio else (
             "1 (reference)" if ratios else "")
-        table.add_row(name, f"{lat['median']:.4g}", f"{lat['rel_ci']:.1%}", f"{lat['p90']:.4g}", f"{lat['p99']:.4g}",
-                      str(lat["n"]), f"{r['throughput_per_s']:.4g}", ratio_text)
+        table.add_row(name, f"{lat['median']:.4g}", f"{lat['rel_ci']:.1%}", f"{lat['p90']:.3g}", str(lat["n"]),
+                      ratio_text)
     con.print(table)
     for r in payload["results"]:
         name = Path(r["model"]).name
@@ -320,8 +323,9 @@ def _render_profile(payload: dict) -> None:
             continue
         placement = ", ".join(f"{p} {n}" for p, n in r["placement"]["nodes"].items())
         rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f} MB"
-        con.print(f"{name}: session {r['session_create_ms']:.1f} ms, first run {r['first_inference_ms']:.2f} ms, "
-                  f"peak RSS {rss}; nodes: {placement}")
+        con.print(f"{name}: p99 {r['latency_ms']['p99']:.4g} ms, {r['throughput_per_s']:.4g} items/s, session "
+                  f"{r['session_create_ms']:.1f} ms, first run {r['first_inference_ms']:.2f} ms, peak RSS {rss}; "
+                  f"nodes: {placement}")
         if not r["target_reached"]:
             con.print(f"[yellow]note:[/] {name}: CI ±{r['latency_ms']['rel_ci']:.1%} did not reach the "
                       f"target ±{r['target_rel_ci']:.1%} within the time budget")
