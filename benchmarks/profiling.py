@@ -18,9 +18,7 @@ def bare_loop_ms(model, feed: dict, prof, seconds: float) -> float:
     """Median ms of session.run in a plain loop, with the profile's session options, in this process."""
     import onnxruntime as ort
 
-    from onnxopt.profile.settings import session_options
-
-    session = ort.InferenceSession(model.SerializeToString(), session_options(prof.session),
+    session = ort.InferenceSession(model.SerializeToString(), prof.session.ort_options(),
                                    providers=["CPUExecutionProvider"])
     end, runs = time.perf_counter() + prof.measure.warmup_s, 0
     while runs < prof.measure.warmup or time.perf_counter() < end:  # the same warm-up as the profiler

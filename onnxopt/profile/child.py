@@ -42,7 +42,6 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime as ort
 
     from onnxopt.profile.profiles import SessionSettings
-    from onnxopt.profile.settings import session_options
 
     ort.set_default_logger_severity(3)
     settings = SessionSettings.model_validate(job["session"])
@@ -50,7 +49,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     options = [opts for _, opts in job["providers"]]
     sessions, models = [], []
     for index, path in enumerate(job["paths"]):
-        so = session_options(settings)
+        so = settings.ort_options()
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(job["tmp"]) / f"placement{index}")
         before = peak_rss_mb()

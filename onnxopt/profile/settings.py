@@ -1,4 +1,5 @@
-"""Session settings: build onnxruntime SessionOptions from a profile, and carry them with a model.
+"""Session settings carried with a model: the ``ort_config`` metadata and a sidecar JSON (the
+SessionOptions themselves come from ``SessionSettings.ort_options()``).
 
 onnxruntime reads a model's ``ort_config`` metadata (JSON ``{"session_options": {...}}``) when
 ``ORT_LOAD_CONFIG_FROM_MODEL=1``, but only for intra/inter-op threads, execution mode, graph
@@ -21,35 +22,10 @@ from typing import Any
 import onnx
 
 from onnxopt import model as model_io
-from onnxopt.profile.profiles import Profile, SessionSettings
+from onnxopt.profile.profiles import OPT_LEVELS, Profile, SessionSettings
 
 ORT_CONFIG_KEY = "ort_config"
 SIDECAR_SUFFIX = ".ort_settings.json"
-# onnxruntime's GraphOptimizationLevel values, as its ort_config parser expects them
-OPT_LEVELS = {"disable": 0, "basic": 1, "extended": 2, "layout": 3, "all": 99}
-
-
-def session_options(settings: SessionSettings):
-    """An ``onnxruntime.SessionOptions`` with every setting of the profile applied."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = settings.intra_op_threads
-    so.inter_op_num_threads = settings.inter_op_threads
-    so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if settings.execution_mode == "parallel"
-                         else ort.ExecutionMode.ORT_SEQUENTIAL)
-    so.graph_optimization_level = ort.GraphOptimizationLevel(OPT_LEVELS[settings.graph_optimization_level])
-    so.enable_cpu_mem_arena = settings.enable_cpu_mem_arena
-    so.enable_mem_pattern = settings.enable_mem_pattern
-    spin = "1" if settings.allow_spinning else "0"
-    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
-    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    for key, value in settings.config_entries.items():
-        so.add_session_config_entry(key, value)
-    so.log_severity_level = 3  # onnxruntime's warnings would go to our stderr; results carry what matters
-    return so
-
-
 def ort_config(settings: SessionSettings) -> dict[str, Any]:
     """The ``ort_config`` JSON object onnxruntime understands (the subset it can read from a model)."""
     return {"session_options": {

@@ -162,20 +162,14 @@ class Timing:
 
 
 def session_options(profile=None):
-    """SessionOptions from a device profile's ``session`` table (duck-typed: the profile layer sits
-    above the passes), else onnxruntime's defaults (all physical cores)."""
+    """The device profile's own SessionOptions (``profile.session.ort_options()``, duck-typed: the
+    profile layer sits above the passes), else onnxruntime's defaults (all physical cores)."""
+    settings = getattr(profile, "session", None)
+    if settings is not None:
+        return settings.ort_options()
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    settings = getattr(profile, "session", None)
-    levels = {"disable": 0, "basic": 1, "extended": 2, "layout": 3, "all": 99}
-    if settings is not None:
-        so.intra_op_num_threads = int(getattr(settings, "intra_op_threads", 0))
-        so.inter_op_num_threads = int(getattr(settings, "inter_op_threads", 0))
-        level = levels.get(str(getattr(settings, "graph_optimization_level", "all")), 99)
-        so.graph_optimization_level = ort.GraphOptimizationLevel(level)
-        spin = "1" if getattr(settings, "allow_spinning", True) else "0"
-        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.log_severity_level = 3
     return so
 
