@@ -286,11 +286,21 @@ def _write(node, weight: np.ndarray, bias: np.ndarray | None) -> None:
 
 
 def output_cosine(reference: onnx.ModelProto, candidate: onnx.ModelProto, data) -> float:
-    """Mean per-sample cosine of the first output: a quick fidelity number for the pass report."""
+    """Mean per-sample cosine of the first output: a quick fidelity number for the pass report.
+
+    A sample whose candidate output is non-finite, or zero where the reference is not (a pruned
+    detector whose sigmoid saturated to 0), scores 0: treating 0/0 as agreement once let an
+    all-zero output pass as cosine 1.0."""
     name = reference.graph.output[0].name
     cosines = []
     for a, b in zip(stream(reference, [name], data), stream(candidate, [name], data), strict=True):
-        x, y = a[name].reshape(len(a[name]), -1).astype(np.float64), b[name].reshape(len(b[name]), -1)
-        denom = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
-        cosines.extend(np.where(denom > 0, (x * y).sum(axis=1) / np.maximum(denom, 1e-300), 1.0).tolist())
+        x = a[name].reshape(len(a[name]), -1).astype(np.float64)
+        y = b[name].reshape(len(b[name]), -1).astype(np.float64)
+        finite = np.isfinite(y).all(axis=1) & np.isfinite(x).all(axis=1)
+        x, y = np.where(np.isfinite(x), x, 0.0), np.where(np.isfinite(y), y, 0.0)
+        norm_x, norm_y = np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos = (x * y).sum(axis=1) / (norm_x * norm_y)
+        cos = np.where((norm_x == 0) & (norm_y == 0), 1.0, np.where((norm_x == 0) | (norm_y == 0), 0.0, cos))
+        cosines.extend(np.where(finite, cos, 0.0).tolist())
     return float(np.mean(cosines))

@@ -54,3 +54,26 @@ def test_downstream_refit_covers_depthwise_convs_and_helps():
     assert depthwise and any(n.input[1] in refit for n in depthwise)
     assert fidelity(model, fitted, held_out).outputs[0].cosine_mean >= \
         fidelity(model, cut_only, held_out).outputs[0].cosine_mean - 0.01
+
+
+def test_output_cosine_scores_a_dead_or_broken_output_as_zero():
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from onnxopt.data import Dataset
+    from onnxopt.prune.recover import output_cosine
+
+    def scaled(factor: float):
+        graph = helper.make_graph(
+            [helper.make_node("Mul", ["x", "k"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+            [helper.make_tensor("k", TensorProto.FLOAT, [], [factor])])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    data = Dataset({"x": np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)}, None, "normal")
+    reference = scaled(1.0)
+    assert output_cosine(reference, scaled(2.0), data) > 0.999999
+    # an all-zero output (a saturated sigmoid) or a NaN one once scored 1.0 as "0/0 agrees"
+    assert output_cosine(reference, scaled(0.0), data) == 0.0
+    assert output_cosine(reference, scaled(float("nan")), data) == 0.0
