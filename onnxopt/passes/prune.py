@@ -17,8 +17,12 @@ from onnxopt.passes.base import Choice, Pass, PassConfig, PassContext, Range, St
 
 class PruneConfig(PassConfig):
     ratio: float = Field(0.3, ge=0.0, lt=1.0)
-    strategy: Literal["uniform", "global"] = "uniform"
-    criterion: Literal["l1", "l2", "bn_scale", "activation"] = "l2"
+    # sensitivity: measure each group pruned alone (needs --calib) and spend the ratio / target_macs
+    # where it costs least; slow (a few minutes on a detector), best fidelity
+    strategy: Literal["uniform", "global", "sensitivity"] = "uniform"
+    # activation: mean |x| on calibration data; variance: Var(x) * |consumer column|^2 (what a cut costs
+    # once its mean moved into the bias); both need --calib
+    criterion: Literal["l1", "l2", "bn_scale", "activation", "variance"] = "l2"
     aggregate: Literal["sum", "mean", "max"] = "mean"
     # None: the target's channel block (8 unless the profile says otherwise) on groups of >= 8 blocks
     round_to: int | None = Field(None, ge=1)

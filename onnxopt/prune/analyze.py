@@ -30,6 +30,7 @@ class Result:
     groups: list[Group]
     classes: np.ndarray  # class of every atom
     node_macs: dict[str, int]
+    allocation: list | None = None  # strategy=sensitivity: each group's curve and chosen ratio
 
 
 def shape_table(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple | None]:

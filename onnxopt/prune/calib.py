@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -41,8 +42,37 @@ def stream(model: onnx.ModelProto, names: Sequence[str], data) -> Iterator[dict[
         yield dict(zip(wanted, values, strict=True))
 
 
-def channel_means(result, data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Mean |activation| per channel position of every tensor a pruned consumer reads."""
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per channel position of a tensor (flat atom order): mean |x|, mean x and variance of x over
+    samples and space."""
+
+    atoms: np.ndarray
+    mean_abs: np.ndarray
+    mean: np.ndarray
+    variance: np.ndarray
+
+
+class Calibration:
+    """Calibration data and the channel statistics of the unpruned model on it, computed once: they
+    depend only on the model, so every fresh analysis of it (one per sensitivity point) shares them."""
+
+    def __init__(self, data):
+        self.data = data
+        self._stats: dict[str, ChannelStats] | None = None
+
+    def stats(self, result) -> dict[str, ChannelStats]:
+        if self._stats is None:
+            self._stats = channel_stats(result, self.data)
+        return self._stats
+
+    @staticmethod
+    def of(data) -> Calibration | None:
+        return data if isinstance(data, Calibration) or data is None else Calibration(data)
+
+
+def channel_stats(result, data) -> dict[str, ChannelStats]:
+    """Statistics of every tensor a pruned consumer reads (one streamed run of the unpruned model)."""
     from onnxopt.prune.groups import channel_axes
 
     names = []
@@ -53,14 +83,21 @@ def channel_means(result, data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             names.append(tensor.name)
     model = _model_of(result)
     sums: dict[str, np.ndarray] = {}
+    signed: dict[str, np.ndarray] = {}
+    squares: dict[str, np.ndarray] = {}
     count = 0
     for values in stream(model, names, data):
         count += 1
         for name, value in values.items():
             axis = channel_axes(result.an.atoms[name])[0]
-            means = np.abs(np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1)).mean(axis=1)
-            sums[name] = sums.get(name, 0) + means
-    return {name: (result.an.atoms[name].reshape(-1), total / max(count, 1)) for name, total in sums.items()}
+            rows = np.moveaxis(value, axis, 0).reshape(value.shape[axis], -1).astype(np.float64)
+            sums[name] = sums.get(name, 0) + np.abs(rows).mean(axis=1)
+            signed[name] = signed.get(name, 0) + rows.mean(axis=1)
+            squares[name] = squares.get(name, 0) + np.square(rows).mean(axis=1)
+    count = max(count, 1)
+    return {name: ChannelStats(result.an.atoms[name].reshape(-1), total / count, signed[name] / count,
+                               np.maximum(squares[name] / count - np.square(signed[name] / count), 0.0))
+            for name, total in sums.items()}
 
 
 def _model_of(result) -> onnx.ModelProto:

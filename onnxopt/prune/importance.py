@@ -85,12 +85,34 @@ def activation(result: Result, data: object) -> Scores:
     """Mean |activation| of each channel on calibration data, where consumers read it."""
     if data is None:
         raise ConfigError("criterion 'activation' needs calibration data", "pass calib=... / --calib")
-    from onnxopt.prune.calib import channel_means
+    from onnxopt.prune.calib import Calibration
 
     scores: Scores = {}
-    for name, (atoms, means) in channel_means(result, data).items():
-        del name
-        _add_slot(scores, result.classes, atoms, means, squared=False)
+    for item in Calibration.of(data).stats(result).values():
+        _add_slot(scores, result.classes, item.atoms, item.mean_abs, squared=False)
+    fallback = l2(result, data)
+    return {c: scores.get(c, v) for c, v in fallback.items()}
+
+
+@scorer("variance")
+def variance(result: Result, data: object) -> Scores:
+    """What a channel adds to its consumers' outputs beyond its mean: ``Var(x_c) * ||W[:, c]||^2``,
+    summed over every layer that reads it (its mean moves into their biases when it is cut, see
+    :mod:`onnxopt.prune.shift`). Channels only depthwise convs read are scored where a dense layer
+    reads their output, as their group's classes are the same."""
+    if data is None:
+        raise ConfigError("criterion 'variance' needs calibration data", "pass calib=... / --calib")
+    from onnxopt.prune.calib import Calibration
+
+    stats = Calibration.of(data).stats(result)
+    scores: Scores = {}
+    for cut in result.an.cuts:
+        item = stats.get(cut.node.inputs[0].name) if cut.role == "in" else None
+        value = const_value(cut.node.inputs[cut.index]) if item is not None else None
+        if value is None or value.shape[cut.axis] != item.variance.size:  # grouped conv: per-group columns
+            continue
+        columns = np.moveaxis(np.asarray(value, dtype=np.float64), cut.axis, 0).reshape(value.shape[cut.axis], -1)
+        _add_slot(scores, result.classes, cut.atoms, np.square(columns).sum(axis=1) * item.variance, squared=True)
     fallback = l2(result, data)
     return {c: scores.get(c, v) for c, v in fallback.items()}
 

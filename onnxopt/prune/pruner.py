@@ -17,8 +17,10 @@ import onnx
 from onnxopt.errors import ConfigError
 from onnxopt.prune.analyze import Result, analyze, coverage
 from onnxopt.prune.apply import Plan, cut, guard, kept_channels, kept_outputs
+from onnxopt.prune.calib import Calibration
 from onnxopt.prune.importance import class_scores
 from onnxopt.prune.ratios import Budget, choose
+from onnxopt.prune.shift import apply_shifts, mean_shifts
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class PruneOptions:
     overrides: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     target_macs: float | None = None  # fraction of MACs to remove, instead of ``ratio``
-    recover: str = "auto"  # auto (lstsq when data is given), lstsq, bias, none
+    recover: str = "auto"  # auto (lstsq when data is given), lstsq, bias (mean shift only), none
     seed: int = 0
     refit_inputs: str = "pruned"  # pruned: layer by layer (exact, slow); original: one run per chunk
     round_from: int = 0  # groups narrower than this are not rounded (see ratios.auto_rounding)
@@ -53,12 +55,24 @@ def estimate_macs(result: Result, removed: set[int]) -> int:
     return int(total + untouched)
 
 
-def select(result: Result, scores: dict[int, float], opts: PruneOptions) -> set[int]:
-    """Classes to remove for a ratio, or, with ``target_macs``, the smallest ratio reaching it."""
+def select(result: Result, scores: dict[int, float], opts: PruneOptions, model: onnx.ModelProto | None = None,
+           shapes=None, calib=None) -> set[int]:
+    """Classes to remove for a ratio, or, with ``target_macs``, the smallest ratio reaching it;
+    ``strategy=sensitivity`` measures each group's curve on ``calib`` and spends the budget there."""
+    def budget(ratio: float) -> Budget:
+        return Budget(ratio, opts.strategy, opts.round_to, opts.min_channels, opts.overrides, opts.ignore,
+                      opts.round_from)
+
+    if opts.strategy == "sensitivity":
+        from onnxopt.prune.sensitivity import allocate
+
+        removed, trail = allocate(result, scores, budget(opts.ratio), model, shapes, calib, opts.target_macs,
+                                  refit=opts.recover in ("auto", "lstsq"))
+        result.allocation = trail
+        return removed
+
     def for_ratio(ratio: float) -> set[int]:
-        budget = Budget(ratio, opts.strategy, opts.round_to, opts.min_channels, opts.overrides, opts.ignore,
-                        opts.round_from)
-        return guard(result, choose(result.groups, scores, budget))
+        return guard(result, choose(result.groups, scores, budget(ratio)))
 
     if opts.target_macs is None:
         return for_ratio(opts.ratio) if opts.ratio > 0 or opts.overrides else set()
@@ -77,36 +91,49 @@ def select(result: Result, scores: dict[int, float], opts: PruneOptions) -> set[
 def prune_model(model: onnx.ModelProto, opts: PruneOptions, shapes: Mapping[str, Sequence[int]] | None = None,
                 data: object = None) -> tuple[onnx.ModelProto, dict]:
     """Prune ``model``; returns the new model (the input itself when nothing is removed) and a report."""
+    mode = opts.recover if opts.recover != "auto" else ("lstsq" if data is not None else "none")
+    if mode != "none" and data is None:
+        raise ConfigError(f"recover={mode} needs calibration data", "pass calibration data, or recover=none")
+    calib = Calibration.of(data)
     result = analyze(model, shapes)
-    scores = class_scores(result, opts.criterion, opts.aggregate, data)
-    removed = select(result, scores, opts)
+    scores = class_scores(result, opts.criterion, opts.aggregate, calib)
+    removed = select(result, scores, opts, model, shapes, calib)
     report = describe(result, removed)
+    if getattr(result, "allocation", None):
+        report["allocation"] = result.allocation
     if not removed:
         return model, report
     kept = kept_outputs(result, removed)
     kept_in = kept_channels(result, removed) if opts.refit_inputs == "original" else None
+    shifts = mean_shifts(result, removed, calib.stats(result)) if mode != "none" else {}
     pruned = cut(result, removed, like=model)
-    mode = opts.recover if opts.recover != "auto" else ("lstsq" if data is not None else "none")
     if mode != "none":
-        pruned, report["recovery"] = _recover(model, pruned, data, kept, mode, opts, kept_in)
+        pruned, report["recovery"] = _recover(model, pruned, calib.data, kept, shifts, mode, opts, kept_in)
     return pruned, report
 
 
-def _recover(model, pruned, data, kept, mode: str, opts: PruneOptions, kept_in=None) -> tuple[onnx.ModelProto, dict]:
-    """Re-fit, and measure the first output's cosine to the unpruned model with and without it."""
-    if data is None:
-        raise ConfigError(f"recover={mode} needs calibration data", "pass calibration data, or recover=none")
+def _recover(model, pruned, data, kept, shifts, mode: str, opts: PruneOptions,
+             kept_in=None) -> tuple[onnx.ModelProto, dict]:
+    """Move the mean shift into the biases, then (lstsq) re-fit; ship whichever of cut, shifted and
+    re-fitted is closest to the unpruned model on the calibration data, and report all three."""
     from onnxopt.prune.recover import output_cosine, recover
 
-    recovered, info = recover(model, pruned, data, kept, mode=mode, seed=opts.seed, kept_in=kept_in,
-                              downstream=opts.refit_layers == "downstream")
-    if info["layers"]:
-        info["cosine_without"] = round(output_cosine(model, pruned, data), 6)
-        info["cosine_with"] = round(output_cosine(model, recovered, data), 6)
-        if info["cosine_with"] < info["cosine_without"]:  # never make it worse on the data we fitted on
-            info["kept_unrecovered"] = True
-            return pruned, info
-    return recovered, info
+    shifted, moved = apply_shifts(pruned, shifts, kept)
+    info: dict = {"mode": mode, "layers": moved, "mean_shift_layers": moved}
+    candidates = {"none": pruned, "bias": shifted}
+    if mode == "lstsq":
+        candidates["lstsq"], fitted = recover(model, shifted, data, kept, seed=opts.seed, kept_in=kept_in,
+                                              downstream=opts.refit_layers == "downstream")
+        info.update(fitted, mode=mode)
+    if not moved and not info["layers"]:
+        return pruned, info
+    scores = {name: round(output_cosine(model, candidate, data), 6) for name, candidate in candidates.items()}
+    best = max(scores, key=lambda name: (scores[name], name != "none"))
+    info.update(cosine_without=scores["none"], cosine_with=scores[best], cosine_mean_shift_only=scores["bias"],
+                shipped=best)
+    if best != mode:  # never make it worse on the data we fitted on
+        info["kept_unrecovered"] = best == "none"
+    return candidates[best], info
 
 
 def describe(result: Result, removed: set[int]) -> dict:

@@ -82,7 +82,7 @@ def _lowest(group: Group, scores: dict[int, float], count: int) -> list[int]:
 def choose(groups: list[Group], scores: dict[int, float], budget: Budget) -> set[int]:
     """The classes to remove."""
     if budget.strategy not in ("uniform", "global"):
-        raise ConfigError(f"unknown strategy {budget.strategy!r}", "uniform or global")
+        raise ConfigError(f"unknown strategy {budget.strategy!r}", "uniform, global or sensitivity")
     overrides = parse_overrides(budget.overrides)
     removed: set[int] = set()
     pool: list[Group] = []
