@@ -101,7 +101,7 @@ def bench(name: str, ratio: float, args: argparse.Namespace) -> list[dict]:
         pruned = {}
         for mode in ("none", "lstsq"):
             opts = PruneOptions(ratio=ratio, criterion=args.criterion, recover=mode, refit_inputs=args.refit_inputs,
-                                round_to=round_to, refit_layers=args.refit_layers)
+                                round_to=round_to, refit_layers=args.refit_layers, strategy=args.strategy)
             pruned[mode], report = prune_model(model, opts, shapes, calib)
             row[f"fidelity_{mode}"] = _score(model, pruned[mode], held_out)
         before, after = model_stats(model, shapes), model_stats(pruned["lstsq"], shapes)
@@ -131,7 +131,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(DEFAULT), help="comma list, or 'all'")
     parser.add_argument("--ratios", default="0.3,0.5")
-    parser.add_argument("--criterion", default="l2")
+    parser.add_argument("--criterion", default="auto")
+    parser.add_argument("--strategy", default="uniform", choices=["uniform", "global", "sensitivity"])
     parser.add_argument("--profile", default="cpu-1t")
     parser.add_argument("--refit-inputs", default="pruned", choices=["pruned", "original"])
     parser.add_argument("--refit-layers", default="cut", choices=["cut", "downstream"])
@@ -146,6 +147,7 @@ def main() -> None:
             for row in bench(name, ratio, args):
                 rows.append(row)
                 print(json.dumps(row, default=str), file=sys.stderr, flush=True)
+    print(f"criterion {args.criterion}, strategy {args.strategy}\n")
     print(table(rows, args.profile))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(rows, indent=2, default=str))

@@ -207,7 +207,7 @@ class SensitivityReport(BaseModel):
 
 
 def sensitivity(model: model_io.ModelSource, *, data: Any = None, ratios: Sequence[float] = (0.1, 0.3, 0.5),
-                shapes: Shapes | None = None, limit: int | None = 32, criterion: str = "l2",
+                shapes: Shapes | None = None, limit: int | None = 32, criterion: str = "auto",
                 min_score: float = 0.99, progress: Progress | None = None) -> SensitivityReport:
     """Prune each channel group alone at each ratio; report the fidelity curve (accuracy when the data
     has labels, else mean output cosine) and per-group ratios keeping the score >= ``min_score``

@@ -21,8 +21,9 @@ class PruneConfig(PassConfig):
     # where it costs least; slow (a few minutes on a detector), best fidelity
     strategy: Literal["uniform", "global", "sensitivity"] = "uniform"
     # activation: mean |x| on calibration data; variance: Var(x) * |consumer column|^2 (what a cut costs
-    # once its mean moved into the bias); both need --calib
-    criterion: Literal["l1", "l2", "bn_scale", "activation", "variance"] = "l2"
+    # once its mean moved into the bias); both need --calib. auto: variance with --calib, else l2
+    # (variance was best on every corpus model measured: README, Pruning)
+    criterion: Literal["auto", "l1", "l2", "bn_scale", "activation", "variance"] = "auto"
     aggregate: Literal["sum", "mean", "max"] = "mean"
     # None: the target's channel block (8 unless the profile says otherwise) on groups of >= 8 blocks
     round_to: int | None = Field(None, ge=1)
@@ -73,6 +74,11 @@ class Prune(Pass):
         ctx.note(f"{report['groups_prunable']}/{report['groups_total']} channel groups prunable, holding "
                  f"{cov['fraction']:.0%} of the MACs; removed {report['channels_removed']} channel(s), "
                  f"estimated MACs -{report['macs_estimate_drop']:.0%}")
+        if report.get("allocation"):
+            cut = [a for a in report["allocation"] if a["ratio"] > 0]
+            listed = ", ".join(f"{a['producers'][0]}={a['ratio']}" for a in cut[:8]) + (" ..." if len(cut) > 8 else "")
+            ctx.note(f"strategy=sensitivity ({report['criterion']}): each of {len(report['allocation'])} groups "
+                     f"measured alone; {len(cut)} cut: {listed}")
         for reason, count in list(report["unprunable_reasons"].items())[:3]:
             ctx.note(f"{count} group(s) kept whole: {reason}")
         rec = report.get("recovery")

@@ -117,7 +117,13 @@ def variance(result: Result, data: object) -> Scores:
     return {c: scores.get(c, v) for c, v in fallback.items()}
 
 
+def resolve_criterion(criterion: str, data: object) -> str:
+    """``auto``: ``variance`` when calibration data is given (best on every corpus model measured), else ``l2``."""
+    return criterion if criterion != "auto" else ("variance" if data is not None else "l2")
+
+
 def class_scores(result: Result, criterion: str, aggregate: str, data: object = None) -> dict[int, float]:
+    criterion = resolve_criterion(criterion, data)
     if criterion not in SCORERS:
         raise ConfigError(f"unknown criterion {criterion!r}", f"one of: {', '.join(sorted(SCORERS))}")
     reduce = AGGREGATES[aggregate]

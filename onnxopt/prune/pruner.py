@@ -18,7 +18,7 @@ from onnxopt.errors import ConfigError
 from onnxopt.prune.analyze import Result, analyze, coverage
 from onnxopt.prune.apply import Plan, cut, guard, kept_channels, kept_outputs
 from onnxopt.prune.calib import Calibration
-from onnxopt.prune.importance import class_scores
+from onnxopt.prune.importance import class_scores, resolve_criterion
 from onnxopt.prune.ratios import Budget, choose
 from onnxopt.prune.shift import apply_shifts, mean_shifts
 
@@ -27,7 +27,7 @@ from onnxopt.prune.shift import apply_shifts, mean_shifts
 class PruneOptions:
     ratio: float = 0.3
     strategy: str = "uniform"
-    criterion: str = "l2"
+    criterion: str = "auto"  # auto: variance when calibration data is given, else l2
     aggregate: str = "mean"
     round_to: int = 1
     min_channels: int = 1
@@ -96,10 +96,12 @@ def prune_model(model: onnx.ModelProto, opts: PruneOptions, shapes: Mapping[str,
         raise ConfigError(f"recover={mode} needs calibration data", "pass calibration data, or recover=none")
     calib = Calibration.of(data)
     result = analyze(model, shapes)
-    scores = class_scores(result, opts.criterion, opts.aggregate, calib)
+    criterion = resolve_criterion(opts.criterion, data)
+    scores = class_scores(result, criterion, opts.aggregate, calib)
     removed = select(result, scores, opts, model, shapes, calib)
     report = describe(result, removed)
-    if getattr(result, "allocation", None):
+    report["criterion"] = criterion
+    if result.allocation:
         report["allocation"] = result.allocation
     if not removed:
         return model, report

@@ -16,8 +16,9 @@ from onnxopt.stats import model_stats
 from tests.conftest import CORPUS_SHAPES, DIGITS_EVAL, load_corpus
 from tests.corpus_data import det_inputs
 
-# the best setting found for "MACs halved, accuracy within 1 point" (see README, Pruning)
-DIGITS_BEST = PruneOptions(target_macs=0.5, criterion="activation", strategy="global", recover="lstsq")
+# the best setting found for "MACs halved, accuracy within 1 point" (see README, Pruning): measured
+# MACs -56.7%, held-out accuracy 99.0% (fp32 99.67%); uniform 98.67%, global 97.67%
+DIGITS_BEST = PruneOptions(target_macs=0.5, strategy="sensitivity", recover="lstsq")
 
 
 def _digits_splits() -> tuple[Dataset, Dataset]:
@@ -48,29 +49,33 @@ def test_recovery_improves_ppocr_det_on_text_pages():
     assert report["recovery"]["layers"] >= 40
     cos_plain = fidelity(model, plain, held_out).outputs[0].cosine_mean
     cos_fit = fidelity(model, fitted, held_out).outputs[0].cosine_mean
-    # measured: 0.02 -> 0.36 (the issue's goal, 0.9, is not reached yet; see README, Pruning)
+    # measured: 0.03 -> 0.56 (criterion auto = variance; uniform 0.3 cuts every group, and does not
+    # reach the issue's 0.9: see the sensitivity strategy below and README, Pruning)
     assert cos_fit > cos_plain + 0.2, (cos_plain, cos_fit)
 
 
-# per-group ratios from `onnxopt sensitivity` on two text pages (criterion activation, ratios
-# 0.3/0.5/0.7): each group's largest ratio that alone keeps the output cosine >= 0.95; unlisted
-# groups (most of the backbone: one group at 0.3 alone drops the cosine to 0.07-0.5) stay whole
-DET_SENSITIVE = ("p2o.Conv.33=0.7|p2o.Conv.47=0.7|p2o.Conv.44=0.7|p2o.Conv.41=0.7|p2o.Conv.22=0.7|p2o.Conv.26=0.7|"
-                 "p2o.Conv.32=0.5|p2o.Conv.36=0.7|p2o.Conv.38=0.7|p2o.Conv.49=0.7|p2o.Conv.50=0.7|p2o.Conv.52=0.7|"
-                 "p2o.Conv.53=0.7|p2o.Conv.55=0.3|p2o.Conv.56=0.7|p2o.Conv.58=0.7|p2o.Conv.59=0.7").split("|")
-
-
 @pytest.mark.slow
-def test_ppocr_det_sensitivity_ratios_with_recovery_keep_cosine():
+def test_ppocr_det_ratio_0_3_by_sensitivity_keeps_cosine_with_backbone_cut():
+    """The issue's det goal: ratio 0.3 with the backbone included, output cosine >= 0.9 on text pages.
+
+    ``strategy=sensitivity`` removes 30% of the prunable channels where each group's measured curve
+    (pruned alone, mean shift moved, consumers re-fitted) says it costs least. Uniform 0.3 cuts
+    every group by 30% and does not hold (0.556 with the same criterion and recovery)."""
     model = load_corpus("ppocr_det")
     shapes = CORPUS_SHAPES["ppocr_det"]
     calib = Dataset({"x": det_inputs(8, seed=0)}, None, "text pages, seed 0")
     held_out = Dataset({"x": det_inputs(8, seed=1)}, None, "text pages, seed 1")
-    opts = PruneOptions(ratio=0.0, overrides=tuple(DET_SENSITIVE), criterion="activation", recover="lstsq")
-    pruned, report = prune_model(model, opts, shapes, calib)
-    drop = 1 - model_stats(pruned, shapes).macs_known / model_stats(model, shapes).macs_known
+    pruned, report = prune_model(model, PruneOptions(ratio=0.3, strategy="sensitivity"), shapes, calib)
+    prunable = [g for g in report["groups"] if g["prunable"]]
+    removed = 1 - sum(g["kept"] for g in prunable) / sum(g["channels"] for g in prunable)
     cosine = fidelity(model, pruned, held_out).outputs[0].cosine_mean
-    # measured: MACs -36.5%, held-out cosine 0.913 (0.649 without recovery); see README, Pruning
-    assert drop >= 0.35, drop
+    uniform, _ = prune_model(model, PruneOptions(ratio=0.3), shapes, calib)
+    cosine_uniform = fidelity(model, uniform, held_out).outputs[0].cosine_mean
+    # measured: 30.8% of the channels, MACs -13.8%, held-out cosine 0.941 (uniform 0.3: 0.556)
+    assert removed >= 0.29, removed
     assert cosine >= 0.9, cosine
-    assert report["recovery"]["layers"] >= 15
+    assert cosine > cosine_uniform + 0.2, (cosine, cosine_uniform)
+    # the backbone (PP-LCNetV3: p2o.Conv.0-32) is cut, not only the neck and head
+    backbone = [a for a in report["allocation"] if a["ratio"] > 0 and int(a["producers"][0].split(".")[-1]) <= 32
+                and "Transpose" not in a["producers"][0]]
+    assert len(backbone) >= 4, backbone

@@ -40,12 +40,13 @@ def test_recovery_improves_zoo_model_on_synthetic_data(name):
 def test_bias_correction_and_pass_with_calibration():
     model = load_corpus("digits")
     calib = load_data(DIGITS_EVAL, model, limit=32)
-    pruned, record = run_pass(get_pass("prune")(ratio=0.3, recover="bias"), model, PassContext(data=calib))
+    pruned, record = run_pass(get_pass("prune")(ratio=0.3, criterion="l2", recover="bias"), model,
+                              PassContext(data=calib))
     rec = record.details["recovery"]
     assert rec["mode"] == "bias" and rec["layers"] >= 3
     # a re-fit that does not help on the calibration data is dropped, never shipped
     assert rec["cosine_with"] >= rec["cosine_without"] or rec["kept_unrecovered"]
-    plain, _ = run_pass(get_pass("prune")(ratio=0.3, recover="none"), model, PassContext())
+    plain, _ = run_pass(get_pass("prune")(ratio=0.3, criterion="l2", recover="none"), model, PassContext())
     assert fidelity(model, pruned, calib).outputs[0].cosine_mean >= fidelity(model, plain, calib).outputs[0].cosine_mean
     assert any("recovery" in note for note in record.notes)
 
