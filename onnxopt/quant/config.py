@@ -34,7 +34,7 @@ class QuantizeConfig(PassConfig):
     symmetric_activations: bool | None = None
     symmetric_weights: bool | None = None
     reduce_range: bool = False
-    method: Literal["minmax", "entropy", "percentile", "distribution"] = "minmax"
+    method: Literal["minmax", "entropy", "percentile", "distribution", "mse"] = "minmax"  # mse: see quant.calib
     percentile: float = 99.999
     calib_size: int = 64
     calib_memory: str | None = None  # e.g. "512M"; default min(1 GiB, a quarter of free memory)

@@ -22,7 +22,7 @@ import onnx
 
 from onnxopt.errors import ConfigError
 from onnxopt.model import input_specs, parse_size
-from onnxopt.quant.calib import calibrate, percentile_ranges, save_ranges
+from onnxopt.quant.calib import activation_levels, calibrate, percentile_ranges, save_ranges
 from onnxopt.quant.config import QuantizeConfig, Resolved, ort_type
 from onnxopt.quant.ortio import quiet, read_model, workdir, write_model
 from onnxopt.quant.prepare import prepare
@@ -71,8 +71,12 @@ class StaticQuantizer:
             self.ranges, self.info = calibrate(
                 src, data, input_specs(self.model), workdir=work, method=cfg.method, op_types=self.op_types,
                 samples=cfg.calib_size, percentile=cfg.percentile, symmetric=settings.symmetric_activations,
-                budget=budget)
+                budget=budget, levels=self.levels())
         self.notes.append(self.info.describe())
+
+    def levels(self) -> int:
+        """qmax - qmin of the activation grid: what ``mse`` calibration sizes its thresholds for."""
+        return activation_levels(self.settings.activation_type, self.settings.symmetric_activations)
 
     def clipped(self, percentiles: Sequence[float]) -> dict[float, StaticQuantizer]:
         """Copies of this quantizer calibrated by percentile (one histogram pass for all), sharing the
