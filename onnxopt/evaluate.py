@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, computed_field
 
+from onnxopt.agreement import cosines as row_agreement
 from onnxopt.data import Dataset
 from onnxopt.errors import ConfigError, DataError, MeasurementError
 from onnxopt.model import TensorSpec, input_specs
@@ -221,7 +222,7 @@ def _compare_one(name: str, cand_name: str, ref: np.ndarray, cand: np.ndarray, l
                   if n)
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.where(same | bad, 0.0, np.abs(c - r))
-    cosines = _cosines(r, c, bad.any(axis=1), same.all(axis=1))
+    cosines = row_agreement(r, c, bad.any(axis=1), same.all(axis=1))
     rel = np.inf if bad.any() else _rel_l2(diff, np.where(np.isfinite(r), r, 0.0))
     result = OutputFidelity(
         name=name,
@@ -249,21 +250,6 @@ def _rel_l2(diff: np.ndarray, ref: np.ndarray) -> float:
     if scale == 0.0:
         return 0.0
     return float(np.linalg.norm(diff / scale)) / max(float(np.linalg.norm(ref / scale)), TINY)
-
-
-def _cosines(r: np.ndarray, c: np.ndarray, bad_rows: np.ndarray, equal_rows: np.ndarray) -> np.ndarray:
-    """Per-row cosine; equal rows (incl. both zero) -> exactly 1, one zero -> 0, a non-finite mismatch -> 0."""
-    r, c = np.where(np.isfinite(r), r, 0.0), np.where(np.isfinite(c), c, 0.0)
-    # scale each row by its largest magnitude so huge float64 values cannot overflow the dot product
-    scale = np.maximum(np.abs(r).max(axis=1, initial=0.0), np.abs(c).max(axis=1, initial=0.0))
-    scale = np.where(scale > 0, scale, 1.0)[:, None]
-    r, c = r / scale, c / scale
-    norm_r, norm_c = np.linalg.norm(r, axis=1), np.linalg.norm(c, axis=1)
-    both_zero, one_zero = (norm_r == 0) & (norm_c == 0), (norm_r == 0) ^ (norm_c == 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.clip((r * c).sum(axis=1) / (norm_r * norm_c), -1.0, 1.0)
-    cos = np.where(both_zero, 1.0, np.where(one_zero, 0.0, cos))
-    return np.where(equal_rows, 1.0, np.where(bad_rows, 0.0, cos))
 
 
 def is_class_like(output: np.ndarray) -> bool:

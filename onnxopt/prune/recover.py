@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from onnxopt.agreement import row_cosines
 from onnxopt.passes.graph import const_value, to_graph, to_model
 from onnxopt.prune.calib import stream
 
@@ -341,18 +342,10 @@ def output_cosine(reference: onnx.ModelProto, candidate: onnx.ModelProto, data,
     (``expected``: the reference's :func:`reference_outputs`, when already known).
 
     A sample whose candidate output is non-finite, or zero where the reference is not (a pruned
-    detector whose sigmoid saturated to 0), scores 0: treating 0/0 as agreement once let an
-    all-zero output pass as cosine 1.0."""
+    detector whose sigmoid saturated to 0), scores 0 (:mod:`onnxopt.agreement`): treating 0/0 as
+    agreement once let an all-zero output pass as cosine 1.0."""
     expected = reference_outputs(reference, data) if expected is None else expected
     cosines = []
     for a, b in zip(expected, reference_outputs(candidate, data), strict=True):
-        x = a.reshape(len(a), -1).astype(np.float64)
-        y = b.reshape(len(b), -1).astype(np.float64)
-        finite = np.isfinite(y).all(axis=1) & np.isfinite(x).all(axis=1)
-        x, y = np.where(np.isfinite(x), x, 0.0), np.where(np.isfinite(y), y, 0.0)
-        norm_x, norm_y = np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cos = (x * y).sum(axis=1) / (norm_x * norm_y)
-        cos = np.where((norm_x == 0) & (norm_y == 0), 1.0, np.where((norm_x == 0) | (norm_y == 0), 0.0, cos))
-        cosines.extend(np.where(finite, cos, 0.0).tolist())
+        cosines.extend(row_cosines(a, b).tolist())
     return float(np.mean(cosines))
