@@ -204,16 +204,21 @@ class SensitivityReport(BaseModel):
     ratios: list[float]
     groups: list[dict]
     suggested_overrides: list[str] = []
+    macs_budget: float | None = None
+    budget_overrides: list[str] = []  # ratios spending ``macs_budget`` where the curves say it costs least
+    budget_macs_drop: float | None = None  # what those per-group drops add up to (approximate)
 
 
 def sensitivity(model: model_io.ModelSource, *, data: Any = None, ratios: Sequence[float] = (0.1, 0.3, 0.5),
                 shapes: Shapes | None = None, limit: int | None = 32, criterion: str = "auto",
-                min_score: float = 0.99, progress: Progress | None = None) -> SensitivityReport:
+                min_score: float = 0.99, progress: Progress | None = None,
+                macs_budget: float | None = None) -> SensitivityReport:
     """Prune each channel group alone at each ratio; report the fidelity curve (accuracy when the data
     has labels, else mean output cosine) and per-group ratios keeping the score >= ``min_score``
-    (of the reference accuracy, for accuracy), ready for ``prune:overrides=...``."""
+    (of the reference accuracy, for accuracy), ready for ``prune:overrides=...``; with ``macs_budget``
+    (a fraction), also the per-group ratios that remove it at the least measured damage."""
     from onnxopt.evaluate import fidelity
-    from onnxopt.prune.sensitivity import curves, suggest
+    from onnxopt.prune.sensitivity import curves, for_macs_budget, suggest
 
     source = load(model, shapes=shapes)
     dataset = _dataset(data if data is not None else "synthetic:n=8,seed=0", source, shapes, limit)
@@ -226,5 +231,10 @@ def sensitivity(model: model_io.ModelSource, *, data: Any = None, ratios: Sequen
     use_accuracy = reference.accuracy_reference is not None
     base = reference.accuracy_reference if use_accuracy else 1.0
     rows = curves(source, list(ratios), measure, shapes, criterion, progress, data=dataset)
-    return SensitivityReport(metric="accuracy" if use_accuracy else "cosine", reference=base, ratios=list(ratios),
-                             groups=rows, suggested_overrides=suggest(rows, min_score * base))
+    report = SensitivityReport(metric="accuracy" if use_accuracy else "cosine", reference=base, ratios=list(ratios),
+                               groups=rows, suggested_overrides=suggest(rows, min_score * base))
+    if macs_budget is not None:
+        report.macs_budget = macs_budget
+        report.budget_overrides, drop = for_macs_budget(rows, macs_budget)
+        report.budget_macs_drop = round(drop, 4)
+    return report

@@ -362,6 +362,8 @@ def sensitivity_cmd(
     limit: int = 32,
     min_score: Annotated[float, typer.Option("--min-score", help="Score floor for the suggested ratios.")] = 0.99,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the curves as PNG/SVG (report extra).")] = None,
+    macs_budget: Annotated[float | None, typer.Option(
+        "--macs-budget", help="Also print per-group ratios removing this MACs fraction at least damage.")] = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ):
@@ -375,9 +377,11 @@ def sensitivity_cmd(
         raise ConfigError(f"bad --ratios {ratios!r}", "e.g. --ratios 0.1,0.3,0.5") from None
     if not values or not all(0 < r < 1 for r in values):
         raise ConfigError(f"bad --ratios {ratios!r}", "ratios must lie in (0, 1)")
+    if macs_budget is not None and not 0 < macs_budget < 1:
+        raise ConfigError(f"bad --macs-budget {macs_budget}", "a fraction in (0, 1), e.g. --macs-budget 0.4")
     with _status("pruning group by group", enabled=not json_out):
         report = onnxopt.sensitivity(model, data=data, ratios=values, shapes=_shapes(shape), limit=limit,
-                                     min_score=min_score)
+                                     min_score=min_score, macs_budget=macs_budget)
     if plot is not None:
         _plot_sensitivity(report, plot)
     if json_out:
@@ -393,6 +397,10 @@ def sensitivity_cmd(
     con = _console()
     con.print(table)
     con.print("suggested: prune:overrides=" + "|".join(report.suggested_overrides))
+    if report.macs_budget is not None:
+        con.print(f"for MACs -{report.macs_budget:.0%} (per-group drops add up to -{report.budget_macs_drop:.1%}; "
+                  "prune:strategy=sensitivity measures the real one): prune:ratio=0,overrides="
+                  + "|".join(report.budget_overrides))
 
 
 def _plot_sensitivity(report, path: Path) -> None:

@@ -101,6 +101,23 @@ def suggest(rows: list[dict], min_score: float) -> list[str]:
     return overrides
 
 
+def for_macs_budget(rows: list[dict], target: float) -> tuple[list[str], float]:
+    """Per-group ``overrides`` spending a MACs budget (fraction) where the :func:`curves` rows say it
+    costs least, and the MACs drop they add up to. Per-group drops add up only approximately (a
+    layer between two cut groups loses both ways); ``prune:strategy=sensitivity`` measures the real one."""
+    points = {row["group"]: [Point(p["ratio"], frozenset(), p["macs_drop"], p["score"]) for p in row["points"]]
+              for row in rows}
+    current: dict[int, Point | None] = {gid: None for gid in points}
+    while sum(p.macs_drop for p in current.values() if p is not None) < target:
+        step = _cheapest_step(points, current, by_macs=True)
+        if step is None:
+            break
+        current[step[0]] = step[1]
+    names = {row["group"]: row["producers"][0] for row in rows}
+    overrides = [f"{names[gid]}={p.ratio}" for gid, p in current.items() if p is not None]
+    return overrides, sum(p.macs_drop for p in current.values() if p is not None)
+
+
 def allocate(result: Result, scores: dict[int, float], budget: Budget, model: onnx.ModelProto, shapes,
              calib, target_macs: float | None = None, refit: bool = False) -> tuple[set[int], list[dict]]:
     """``strategy=sensitivity``: remove ``budget.ratio`` of the channels of the free groups (or, with

@@ -25,3 +25,23 @@ def test_sensitivity_cli_json_and_suggestions(capsys):
 def test_sensitivity_cli_rejects_bad_ratios(capsys):
     code, _, err = run_cli(["sensitivity", DIGITS, "--ratios", "0.3,1.5"], capsys)
     assert code == 2 and "ratios" in err
+
+
+def test_sensitivity_cli_spends_a_macs_budget_from_the_curves(capsys):
+    code, out, err = run_cli(["sensitivity", DIGITS, "--data", DIGITS_EVAL, "--limit", "100", "--ratios",
+                              "0.2,0.4,0.6", "--macs-budget", "0.3", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["macs_budget"] == 0.3 and report["budget_macs_drop"] >= 0.3
+    # the cheapest steps first: the groups the budget cuts are a subset, each at a tried ratio
+    cut = dict(item.split("=") for item in report["budget_overrides"])
+    assert 0 < len(cut) <= len(report["groups"]) and set(cut.values()) <= {"0.2", "0.4", "0.6"}
+    _, record = run_pass(get_pass("prune")(ratio=0.0, overrides="|".join(report["budget_overrides"])),
+                         load_corpus("digits"), PassContext())
+    # per-group drops only add up approximately; the real cut lands near the budget
+    assert record.after.macs <= 0.8 * record.before.macs
+
+
+def test_sensitivity_cli_rejects_a_bad_budget(capsys):
+    code, _, err = run_cli(["sensitivity", DIGITS, "--macs-budget", "1.5"], capsys)
+    assert code == 2 and "macs-budget" in err
