@@ -54,7 +54,7 @@ class Prune(Pass):
     tunable = {
         "ratio": Range(0.0, 0.7),
         "round_to": Choice((1, 4, 8, 16)),
-        "criterion": Choice(("l1", "l2", "bn_scale")),
+        "criterion": Choice(("auto", "l1", "l2", "bn_scale")),  # auto: variance when the tuner has data
         "strategy": Choice(("uniform", "global")),
     }
 
