@@ -118,7 +118,7 @@ def _recover(model, pruned, data, kept, shifts, mode: str, opts: PruneOptions,
              kept_in=None) -> tuple[onnx.ModelProto, dict]:
     """Move the mean shift into the biases, then (lstsq) re-fit; ship whichever of cut, shifted and
     re-fitted is closest to the unpruned model on the calibration data, and report all three."""
-    from onnxopt.prune.recover import output_cosine, recover
+    from onnxopt.prune.recover import output_cosine, recover, reference_outputs
 
     shifted, moved = apply_shifts(pruned, shifts, kept)
     info: dict = {"mode": mode, "layers": moved, "mean_shift_layers": moved}
@@ -129,7 +129,8 @@ def _recover(model, pruned, data, kept, shifts, mode: str, opts: PruneOptions,
         info.update(fitted, mode=mode)
     if not moved and not info["layers"]:
         return pruned, info
-    scores = {name: round(output_cosine(model, candidate, data), 6) for name, candidate in candidates.items()}
+    expected = reference_outputs(model, data)  # the unpruned model runs once for all three
+    scores = {name: round(output_cosine(model, candidate, data, expected), 6) for name, candidate in candidates.items()}
     best = max(scores, key=lambda name: (scores[name], name != "none"))
     info.update(cosine_without=scores["none"], cosine_with=scores[best], cosine_mean_shift_only=scores["bias"],
                 shipped=best)

@@ -111,23 +111,19 @@ def calibrate(model_path: Path, data, specs: Sequence[TensorSpec], *, workdir: P
 
 def percentile_ranges(model_path: Path, data, specs: Sequence[TensorSpec], percentiles: Sequence[float], *,
                       workdir: Path, op_types: Sequence[str] | None = None, samples: int = 64,
-                      symmetric: bool = False, budget: int | None = None,
-                      mse_levels: int | None = None) -> dict[float | str, object]:
+                      symmetric: bool = False, budget: int | None = None) -> dict[float, object]:
     """Percentile ranges for several percentiles from *one* histogram pass (the histogram does not
-    depend on the percentile, so a search can compare clippings for the price of one calibration);
-    with ``mse_levels`` (qmax - qmin of the activation type) also the ``"mse"`` ranges, same pass."""
+    depend on the percentile, so a search can compare clippings for the price of one calibration)."""
     feeds = list(dataset_feeds(data, specs, samples))
     if not feeds:
         raise DataError("the calibration data has no samples", "give at least one sample")
     options = {"symmetric": symmetric, "percentile": max(percentiles, default=99.999)}
     calibrator = _collect(model_path, feeds, "percentile", options, workdir / "augmented_hist.onnx", op_types,
                           budget)[0]
-    found: dict[float | str, object] = {}
+    found: dict[float, object] = {}
     for percentile in percentiles:
         calibrator.collector.percentile = percentile  # ORT reads it in compute_data; histograms stay
         found[percentile] = calibrator.compute_data()
-    if mse_levels is not None:
-        found["mse"] = mse_ranges(calibrator.collector.histogram_dict, symmetric=symmetric, levels=mse_levels)
     return found
 
 

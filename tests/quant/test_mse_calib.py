@@ -14,7 +14,7 @@ from onnxopt.evaluate import fidelity
 from onnxopt.model import input_specs
 from onnxopt.passes import PassContext
 from onnxopt.passes.quantize import Quantize
-from onnxopt.quant.calib import activation_levels, mse_threshold, percentile_ranges
+from onnxopt.quant.calib import activation_levels, calibrate, mse_threshold
 from onnxopt.quant.config import QuantizeConfig, resolve
 from onnxopt.quant.ortio import workdir, write_model
 from onnxopt.quant.static import StaticQuantizer
@@ -56,16 +56,16 @@ def test_mse_threshold_sizes_the_step_for_the_grid_the_tensor_gets():
     assert activation_levels("u8", False) == 255 and activation_levels("s8", True) == 254
 
 
-def test_percentile_and_mse_ranges_come_from_one_pass(digits):
+def test_mse_ranges_clip_inside_the_minmax_ranges(digits):
     model, calib, _ = digits
     cfg = QuantizeConfig(calib_size=16)
     q = StaticQuantizer(model, calib, cfg, resolve(cfg))
     with workdir() as work:
-        found = percentile_ranges(write_model(q.model, work / "f.onnx"), calib, input_specs(q.model), [99.9],
-                                  workdir=work, op_types=q.op_types, samples=16, mse_levels=255)
-    assert set(found) == {99.9, "mse"} and set(found["mse"]) == set(q.ranges)
+        found, info = calibrate(write_model(q.model, work / "f.onnx"), calib, input_specs(q.model), workdir=work,
+                                method="mse", op_types=q.op_types, samples=16, levels=255)
+    assert info.method == "mse" and set(found) == set(q.ranges)
     for name, minmax in q.ranges.items():
-        low, high = found["mse"][name].range_value
+        low, high = found[name].range_value
         assert minmax.lowest <= low <= high <= minmax.highest, name  # a clipping of the real range
 
 
