@@ -62,7 +62,7 @@ def parse_overrides(items: tuple[str, ...]) -> list[tuple[str, float]]:
     return parsed
 
 
-def _matches(group: Group, pattern: str) -> bool:
+def matches(group: Group, pattern: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for name in group.producers)
 
 
@@ -87,9 +87,9 @@ def choose(groups: list[Group], scores: dict[int, float], budget: Budget) -> set
     removed: set[int] = set()
     pool: list[Group] = []
     for group in groups:
-        if not group.prunable or any(_matches(group, p) for p in budget.ignore):
+        if not group.prunable or any(matches(group, p) for p in budget.ignore):
             continue
-        ratio = next((r for p, r in overrides if _matches(group, p)), None)
+        ratio = next((r for p, r in overrides if matches(group, p)), None)
         if ratio is None and budget.strategy == "global":
             pool.append(group)
             continue

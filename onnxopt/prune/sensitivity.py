@@ -21,7 +21,7 @@ from onnxopt.errors import ConfigError
 from onnxopt.prune.analyze import Result, analyze
 from onnxopt.prune.apply import cut, guard, kept_outputs
 from onnxopt.prune.importance import class_scores
-from onnxopt.prune.ratios import Budget, _matches, choose, parse_overrides
+from onnxopt.prune.ratios import Budget, choose, matches, parse_overrides
 
 ALLOCATION_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 ALLOCATION_SAMPLES = 4  # calibration samples each point is scored on
@@ -136,9 +136,9 @@ def allocate(result: Result, scores: dict[int, float], budget: Budget, model: on
     fixed: set[int] = set()
     pool = []
     for group in result.groups:
-        if not group.prunable or any(_matches(group, p) for p in budget.ignore):
+        if not group.prunable or any(matches(group, p) for p in budget.ignore):
             continue
-        ratio = next((r for p, r in overrides if _matches(group, p)), None)
+        ratio = next((r for p, r in overrides if matches(group, p)), None)
         if ratio is None:
             pool.append(group)
         else:
