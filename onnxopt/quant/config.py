@@ -41,6 +41,7 @@ class QuantizeConfig(PassConfig):
     op_types: StrList = ()
     exclude: StrList = ()  # node names or regular expressions (full match)
     pre_process: bool = True
+    fold: bool = True  # static: fold constant affine ops into Convs, fuse hardswish (fewer tensors to round)
     bits: int = 8  # weight-only: 8 (per-channel) or 4 (block-wise MatMulNBits)
     block_size: int = 32  # weight-only int4
     algorithm: Literal["rtn", "hqq", "gptq"] = "rtn"  # weight-only int4

@@ -162,8 +162,28 @@ def pre_process(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str, bool]:
     return model, f"quant_pre_process skipped: it failed ({'; '.join(failures)})", False
 
 
+def fold_for_quantization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Exact rewrites that leave the quantizer fewer tensors to round (:mod:`onnxopt.passes.fold`):
+    constant affine ops into the Convs around them, hardswish's four ops into
+    ``x * HardSigmoid(x)`` (the HardSigmoid stays float, its [0, 1] output rounds finely).
+
+    On PP-OCRv4 det: 187 quantizable nodes instead of 294, and a better all-int8 cosine
+    (see the README)."""
+    from onnxopt.passes.fold import fold_affine, fold_into_consumers, fuse_hardswish
+    from onnxopt.passes.graph import to_graph, to_model
+
+    graph = to_graph(model)
+    folded = fold_affine(graph)
+    fused = fuse_hardswish(graph, gate=True)  # before folding into Convs, which would take its "/ 6"
+    folded += fold_into_consumers(graph)
+    notes = [f"folded {folded} constant affine node(s) into Convs"] if folded else []
+    if fused:
+        notes.append(f"rewrote {fused} hardswish pattern(s) (x * relu6(x + 3) / 6) as x * HardSigmoid(x)")
+    return (to_model(graph, like=model) if folded or fused else model), notes
+
+
 def prepare(model: onnx.ModelProto, *, opset: int = QDQ_OPSET, run_pre_process: bool = True,
-            what: str = "quantize") -> Prepared:
+            what: str = "quantize", fold: bool = False) -> Prepared:
     """A quantizable copy of ``model`` and the notes saying how it was made so."""
     refuse_if_quantized(model, what)
     work = onnx.ModelProto()
@@ -184,6 +204,9 @@ def prepare(model: onnx.ModelProto, *, opset: int = QDQ_OPSET, run_pre_process: 
     work, upgraded = ensure_opset(work, opset)
     if upgraded:
         notes.append(upgraded)
+    if fold:
+        work, folded = fold_for_quantization(work)
+        notes.extend(folded)
     ran = False
     if run_pre_process:
         work, note, ran = pre_process(work)

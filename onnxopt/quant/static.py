@@ -55,7 +55,7 @@ class StaticQuantizer:
                               "pass --calib data.npz (or an image folder); --calib synthetic only for a smoke test")
         self.cfg, self.settings, self.notes, self.data = cfg, settings, [], data
         self.wide_ranges = None  # ranges for 16-bit tensors when ``ranges`` are clipped (see clipped())
-        prepared = prepare(model, run_pre_process=cfg.pre_process)
+        prepared = prepare(model, run_pre_process=cfg.pre_process, fold=cfg.fold)
         self.model, self.notes = prepared.model, list(prepared.notes)
         self.op_types = list(cfg.op_types) or default_op_types()
         self.excluded, unmatched = match_nodes(self.model, cfg.exclude)

@@ -128,7 +128,8 @@ def test_ppocr_det_static_entropy_within_memory(ppocr_det):
     model, data = ppocr_det
     out, ctx = quantize(model, data, method="entropy", calib_size=4, calib_memory="256M")
     info = ctx.details["quantize"]["calibration"]
-    assert info["bytes_per_sample"] > 100 * 2**20  # ~164 MiB of activations per 320x320 page
+    # ~92 MiB of activations per 320x320 page (164 MiB before the affine folds and hardswish rewrite)
+    assert info["bytes_per_sample"] > 64 * 2**20
     assert info["chunk"] == max(1, (128 * 2**20) // info["bytes_per_sample"]) < info["samples"]
     assert np.isfinite(fidelity(model, out, data).cosine_min)
 
