@@ -27,6 +27,7 @@ import onnx
 from onnxopt.errors import ConfigError
 from onnxopt.model import available_memory, input_specs
 from onnxopt.quant.calib import FeedReader, dataset_feeds
+from onnxopt.quant.damage import node_order, run_feeds, tensor_gains
 from onnxopt.quant.nodetime import Anchors
 from onnxopt.quant.ortio import quiet, workdir, write_model
 from onnxopt.quant.search import SearchResult, bisect_fallback
@@ -84,14 +85,18 @@ class Sensitivity:
                 "weight_sqnr_db": None if self.weight_db is None else round(self.weight_db, 2)}
 
 
-def rank_nodes(quantizer: StaticQuantizer, qdq_model: onnx.ModelProto, data) -> list[Sensitivity]:
-    """Quantizable groups (a Conv/Gemm with the Relu/Clip the quantizer folds into it, named by the
-    Conv) by the SQNR they lose (dB), most sensitive first."""
-    specs = input_specs(quantizer.model)
+def ranking_feeds(model: onnx.ModelProto, data) -> list[dict]:
+    """Up to :data:`RANK_SAMPLES` samples, fewer where every activation of one would not fit."""
+    specs = input_specs(model)
     feeds = list(dataset_feeds(data, specs, 1))
     per_sample = sum(np.asarray(v).nbytes for v in feeds[0].values()) * 64  # rough: activations >> inputs
     samples = int(max(1, min(RANK_SAMPLES, available_memory() // 8 // max(per_sample, 1))))
-    feeds = list(dataset_feeds(data, specs, samples))
+    return list(dataset_feeds(data, specs, samples))
+
+
+def rank_nodes(quantizer: StaticQuantizer, qdq_model: onnx.ModelProto, feeds: list[dict]) -> list[Sensitivity]:
+    """Quantizable groups (a Conv/Gemm with the Relu/Clip the quantizer folds into it, named by the
+    Conv) by the SQNR they lose (dB), most sensitive first."""
     acts = _activation_sqnr(quantizer.model, qdq_model, feeds)
     weights = _weight_sqnr(quantizer.model, qdq_model)
     nodes = {n.name: n for n in quantizer.model.graph.node}
@@ -127,7 +132,9 @@ def keep_accuracy(quantizer: StaticQuantizer, judge: Judge, data, notes: list[st
     ranking_quantizer = quantizer
     if quantizer.settings.format != "qdq":  # qdq_loss_debug reads QDQ models; rank on one, build in the asked format
         ranking_quantizer = _as_qdq(quantizer, replace)
-    ranked = rank_nodes(quantizer, ranking_quantizer.quantize(), data)
+    qdq_model = ranking_quantizer.quantize()
+    feeds = ranking_feeds(quantizer.model, data)
+    ranked = rank_nodes(quantizer, qdq_model, feeds)
     sqnr = {s.node: s for s in ranked}
     groups = {s.node: s.members or (s.node,) for s in ranked}
     # nodes the SQNR could not rank (no matched or finite activation: PP-OCR cls's, det's hardswish
@@ -139,7 +146,15 @@ def keep_accuracy(quantizer: StaticQuantizer, judge: Judge, data, notes: list[st
         if name not in covered:
             groups[name] = (name,)
     unranked = [n for n in groups if n not in sqnr]
-    order = ([s.node for s in ranked if s.loss_db > 0] + unranked + [s.node for s in ranked if s.loss_db <= 0])
+    by_sqnr = [s.node for s in ranked if s.loss_db > 0] + unranked + [s.node for s in ranked if s.loss_db <= 0]
+    # measured first: the nodes around the tensors whose quantization costs the output most; the
+    # SQNR order breaks the ties among those measured to cost nothing
+    with quiet():
+        reference = run_feeds(quantizer.model, feeds)
+        gains = tensor_gains(quantizer.model, qdq_model, feeds, reference)
+    head_of = {m: head for head, members in groups.items() for m in members}
+    measured = node_order(gains, head_of)
+    order = measured + [n for n in by_sqnr if n not in set(measured)]
 
     wide = quantizer.cfg.fallback == "int16"
     if wide and quantizer.settings.format != "qdq":
@@ -166,7 +181,12 @@ def keep_accuracy(quantizer: StaticQuantizer, judge: Judge, data, notes: list[st
         notes.append(f"kept {where} (output SQNR vs float dB / dB lost in the node): " + ", ".join(
             f"{n} ({sqnr[n].output_db:.1f}/{sqnr[n].loss_db:.1f})" for n in result.kept[:20] if n in sqnr)
             + (" ..." if len(result.kept) > 20 else ""))
+    costly = [g for g in gains if g.gain > 0][:10]
+    if costly:
+        notes.append("costliest quantized tensors (output error their Q/DQ adds, measured one at a time): "
+                     + ", ".join(f"{g.tensor} ({g.gain:.2g})" for g in costly))
     result.scores["sensitivity"] = [s.row() for s in ranked]
+    result.scores["tensor_damage"] = [g.row() for g in gains[:50]]
     return result
 
 

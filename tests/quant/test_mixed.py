@@ -5,7 +5,7 @@ from __future__ import annotations
 from onnxopt.passes import PassContext
 from onnxopt.passes.quantize import Quantize
 from onnxopt.quant.config import QuantizeConfig, resolve
-from onnxopt.quant.mixed import rank_nodes
+from onnxopt.quant.mixed import rank_nodes, ranking_feeds
 from onnxopt.quant.static import StaticQuantizer
 from onnxopt.quant.targets import Judge, parse_target
 
@@ -14,7 +14,7 @@ def test_sqnr_numbers_are_plausible_and_the_ranking_is_real(digits):
     model, calib, _ = digits
     cfg = QuantizeConfig()
     q = StaticQuantizer(model, calib, cfg, resolve(cfg))
-    ranked = rank_nodes(q, q.quantize(), calib)
+    ranked = rank_nodes(q, q.quantize(), ranking_feeds(q.model, calib))
     ops = {n.name: n.op_type for n in q.model.graph.node}
     convs = [s for s in ranked if ops[s.node] == "Conv"]
     assert convs and all(10.0 < s.output_db < 60.0 for s in convs), [(s.node, s.output_db) for s in convs]
