@@ -62,8 +62,9 @@ def test_ppocr_det_ratio_0_3_by_sensitivity_keeps_cosine_with_backbone_cut():
     """The issue's det goal: ratio 0.3 with the backbone included, output cosine >= 0.9 on text pages.
 
     ``strategy=sensitivity`` removes 30% of the prunable channels where each group's measured curve
-    (pruned alone, mean shift moved, consumers re-fitted) says it costs least. Uniform 0.3 cuts
-    every group by 30% and does not hold (0.556 with the same criterion and recovery)."""
+    (pruned alone, mean shift moved, consumers re-fitted) says it costs least. On rendered text
+    pages uniform 0.3 (every group cut by 30%) holds too, and sensitivity beats it. (On the random
+    glyph-block pages used before, uniform scored 0.556 and sensitivity 0.941.)"""
     model = load_corpus("ppocr_det")
     shapes = CORPUS_SHAPES["ppocr_det"]
     calib = Dataset({"x": det_inputs(8, seed=0)}, None, "text pages, seed 0")
@@ -74,10 +75,10 @@ def test_ppocr_det_ratio_0_3_by_sensitivity_keeps_cosine_with_backbone_cut():
     cosine = fidelity(model, pruned, held_out).outputs[0].cosine_mean
     uniform, _ = prune_model(model, PruneOptions(ratio=0.3), shapes, calib)
     cosine_uniform = fidelity(model, uniform, held_out).outputs[0].cosine_mean
-    # measured: 30.8% of the channels, MACs -13.8%, held-out cosine 0.941 (uniform 0.3: 0.556)
+    # measured: held-out cosine 0.9957, uniform 0.3: 0.9678
     assert removed >= 0.29, removed
-    assert cosine >= 0.9, cosine
-    assert cosine > cosine_uniform + 0.2, (cosine, cosine_uniform)
+    assert cosine >= 0.9 and cosine_uniform >= 0.9, (cosine, cosine_uniform)
+    assert cosine > cosine_uniform, (cosine, cosine_uniform)
     # the backbone (PP-LCNetV3: p2o.Conv.0-32) is cut, not only the neck and head
     backbone = [a for a in report["allocation"] if a["ratio"] > 0 and int(a["producers"][0].split(".")[-1]) <= 32
                 and "Transpose" not in a["producers"][0]]

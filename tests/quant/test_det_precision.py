@@ -1,6 +1,6 @@
-"""PP-OCRv4 det (1x3x320x320): why static int8 breaks its text map, what 16-bit fixes, the text-mask
-IoU metric, and fp16 refusing rather than silently breaking it. Calibrated on text pages of seed 0,
-scored on pages of seed 1."""
+"""PP-OCRv4 det (1x3x320x320): where static int8's error comes from, what 16-bit fixes, the
+text-mask IoU metric, and fp16 refusing rather than silently breaking it. Calibrated on rendered
+text pages of seed 0, scored on pages of seed 1."""
 
 from __future__ import annotations
 
@@ -50,16 +50,21 @@ def _scores(model, candidate, data) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-def test_det_int8_error_is_activation_range_and_weights_and_16bit_fixes_it(det_split):
-    """The diagnosis, held: u8 minmax int8 breaks the map; u16 activations alone are not enough; u16
-    activations with s16 weights (every node wide) restore it. Measured: 0.74 / 0.976 / 0.9995."""
+def test_det_int8_keeps_the_map_and_its_error_is_in_weights_and_activations(det_split):
+    """On rendered text pages all-int8 det keeps its text map, better with the affine folds and the
+    hardswish rewrite than without; u16 activations with s8 weights still miss cosine 0.999, so the
+    weights alone spend the whole budget of that target; u16/s16 everywhere restores it.
+    Measured: folded 0.981 (IoU 0.947), unfolded 0.970, u16/s8 0.9987, u16/s16 0.9999."""
     model, calib, score = det_split
     int8 = Quantize(calib_size=8).apply(model, PassContext(data=calib))
+    unfolded = Quantize(calib_size=8, fold=False).apply(model, PassContext(data=calib))
     u16 = Quantize(calib_size=8, activation_type="u16").apply(model, PassContext(data=calib))
     wide = Quantize(calib_size=8, activation_type="u16", weight_type="s16").apply(model, PassContext(data=calib))
-    c8, c16, cw = (_scores(model, m, score)[0] for m in (int8, u16, wide))
-    assert c8 < 0.9 < c16 < 0.99 < cw, (c8, c16, cw)
-    assert _scores(model, wide, score)[1] >= 0.95
+    (c8, iou8), (c_unfolded, _) = _scores(model, int8, score), _scores(model, unfolded, score)
+    assert c8 >= 0.97 and iou8 >= 0.93 and c8 > c_unfolded + 0.005, (c8, iou8, c_unfolded)
+    c16, cw = _scores(model, u16, score)[0], _scores(model, wide, score)[0]
+    assert c8 < c16 < 0.999 < cw, (c8, c16, cw)
+    assert _scores(model, wide, score)[1] >= 0.98
 
 
 @pytest.mark.slow
