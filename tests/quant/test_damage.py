@@ -56,3 +56,18 @@ def test_mixed_report_names_the_costliest_tensors(digits):
     rows = ctx.details["quantize"]["scores"]["tensor_damage"]
     assert rows and rows[0]["error_removed"] >= rows[-1]["error_removed"] and rows[0]["nodes"]
     assert any(n.startswith("costliest quantized tensors") for n in ctx.notes)
+
+
+def test_weights_are_measured_too_and_all_out_is_float(digits):
+    """Weight DQs are candidates as well (named by the float weight); with every activation pair and
+    weight DQ out, only the int32 biases are rounded: the float function up to that."""
+    model, calib, _ = digits
+    quantizer, qdq = _quantized(model, calib, calib_size=64)
+    feeds = ranking_feeds(quantizer.model, calib)
+    reference = run_feeds(quantizer.model, feeds)
+    gains = tensor_gains(quantizer.model, qdq, feeds, reference, weights=True)
+    weights = {i.name for i in quantizer.model.graph.initializer}
+    measured_weights = [g for g in gains if g.tensor in weights]
+    assert len(measured_weights) >= 5 and all(g.nodes for g in measured_weights)
+    everything = without_pairs(quantizer.model, qdq, [g.tensor for g in gains])
+    assert output_error(reference, run_feeds(everything, feeds)) < 1e-6
