@@ -286,7 +286,7 @@ def fuse_hardswish(graph, gate: bool = False) -> int:
             continue
         x, out, last = match
         stem = last.name or out.name
-        if gate and last is node and node.inputs[1].inputs and node.inputs[1].inputs[0].op == "HardSigmoid":
+        if gate and last is node and any(t.inputs and t.inputs[0].op == "HardSigmoid" for t in node.inputs):
             continue  # already in that form
         last.outputs.clear()
         if gate:
@@ -307,8 +307,7 @@ def _hardswish_at(mul, graph):
         inner = _gate_of(gate, x, graph)
         if inner is None:
             continue
-        scaled = inner  # the 1/6 already applied inside the gate
-        if scaled is True:
+        if inner is True:  # the 1/6 already applied inside the gate
             return x, mul.outputs[0], mul
         after = only_consumer(mul.outputs[0], graph)
         if after is not None and _is_sixth(after, mul.outputs[0]):
@@ -324,7 +323,7 @@ def _gate_of(gate, x, graph):
     if node.op == "HardSigmoid" and node.inputs[0] is x:
         alpha, beta = float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
         return True if np.isclose(alpha, 1 / 6) and np.isclose(beta, 0.5) else None
-    if _is_sixth(node, node.inputs[0]) and len(node.inputs[0].inputs) == 1:
+    if node.inputs and _is_sixth(node, node.inputs[0]) and len(node.inputs[0].inputs) == 1:
         clip_out = node.inputs[0]
         return True if only_consumer(clip_out, graph) is node and _is_relu6_of_x_plus_3(clip_out, x, graph) else None
     return "unscaled" if _is_relu6_of_x_plus_3(gate, x, graph) else None

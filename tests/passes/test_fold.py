@@ -124,3 +124,13 @@ def test_a_clip_that_is_not_relu6_is_not_hardswish(bound):
             init.CopyFrom(numpy_helper.from_array(np.array(bound, np.float32), "six"))
     _, count = _rewrite(model, fuse_hardswish)
     assert count == 1  # only the HardSigmoid branch
+
+
+def test_the_gate_form_is_left_alone_whichever_side_the_gate_is_on():
+    model = _model([helper.make_node("HardSigmoid", ["x"], ["g"], alpha=1 / 6, beta=0.5),
+                    helper.make_node("Mul", ["g", "x"], ["h"])], [], ["h"])
+    same, count = _rewrite(model, lambda g: fuse_hardswish(g, gate=True))
+    assert count == 0 and [n.op_type for n in same.graph.node] == ["HardSigmoid", "Mul"]
+    fused, count = _rewrite(model, fuse_hardswish)
+    assert count == 1 and [n.op_type for n in fused.graph.node] == ["HardSwish"]
+    _same(model, fused)
