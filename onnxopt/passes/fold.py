@@ -114,7 +114,6 @@ def _per_channel(value: np.ndarray, channels: int, rank: int) -> np.ndarray | No
 
 def _rewrite(producer, weight: np.ndarray, scale: np.ndarray, shift: np.ndarray, graph) -> None:
     """Replace the producer's weight and bias by the folded ones (new constants: weights may be shared)."""
-    import onnx_graphsurgeon as gs
 
     w = weight.astype(np.float64)
     bias_in = producer.inputs[2] if len(producer.inputs) > 2 else None
@@ -126,14 +125,20 @@ def _rewrite(producer, weight: np.ndarray, scale: np.ndarray, shift: np.ndarray,
         new_w = _scale_conv_weight(producer.op, w, scale, group)
         base = np.zeros(scale.size) if bias is None else bias.astype(np.float64).reshape(-1)
         new_b = base * scale + shift
-    stem = producer.name or producer.outputs[0].name
-    w_const = gs.Constant(_unique(graph, f"{stem}.weight_folded"), new_w.astype(weight.dtype))
-    b_const = gs.Constant(_unique(graph, f"{stem}.bias_folded"), new_b.astype(weight.dtype))
-    producer.inputs[1] = w_const
-    if len(producer.inputs) > 2:
-        producer.inputs[2] = b_const
+    _set_weight_and_bias(producer, new_w.astype(weight.dtype), new_b.astype(weight.dtype), graph)
+
+
+def _set_weight_and_bias(node, weight: np.ndarray, bias: np.ndarray, graph) -> None:
+    """New constants for inputs 1 and 2 (the old ones may be shared with other nodes)."""
+    import onnx_graphsurgeon as gs
+
+    stem = node.name or node.outputs[0].name
+    node.inputs[1] = gs.Constant(_unique(graph, f"{stem}.weight_folded"), weight)
+    b_const = gs.Constant(_unique(graph, f"{stem}.bias_folded"), bias)
+    if len(node.inputs) > 2:
+        node.inputs[2] = b_const
     else:
-        producer.inputs.append(b_const)
+        node.inputs.append(b_const)
 
 
 def _scale_conv_weight(op: str, w: np.ndarray, scale: np.ndarray, group: int) -> np.ndarray:
@@ -218,20 +223,9 @@ def _as_input_affine(node, channels: int, rank: int):
     first, second = (const_value(t) for t in node.inputs)
     if (first is None) == (second is None):
         return None
-    x, value, x_first = (node.inputs[0], second, True) if second is not None else (node.inputs[1], first, False)
-    vector = _per_channel(value, channels, rank)
-    if vector is None:
-        return None
-    ones, zeros = np.ones(channels), np.zeros(channels)
-    if node.op == "Mul":
-        return x, vector, zeros
-    if node.op == "Add":
-        return x, ones, vector
-    if node.op == "Div" and x_first and np.all(vector != 0):
-        return x, 1.0 / vector, zeros
-    if node.op == "Sub":
-        return (x, ones, -vector) if x_first else (x, -ones, vector)
-    return None
+    x = node.inputs[0] if second is not None else node.inputs[1]
+    affine = _as_affine(node, x, channels, rank)
+    return None if affine is None else (x, *affine)
 
 
 def _pads(conv) -> bool:
@@ -243,7 +237,6 @@ def _pads(conv) -> bool:
 def _rewrite_consumer(conv, weight: np.ndarray, scale: np.ndarray, shift: np.ndarray, graph) -> None:
     """W[o, j] *= scale[c(o, j)], bias[o] += sum_j,k W[o, j, k] * shift[c(o, j)], where c(o, j) is the
     input channel that slot j of output o's group reads."""
-    import onnx_graphsurgeon as gs
 
     w = weight.astype(np.float64)
     group = int(conv.attrs.get("group", 1))
@@ -255,13 +248,7 @@ def _rewrite_consumer(conv, weight: np.ndarray, scale: np.ndarray, shift: np.nda
     bias = const_value(bias_in) if bias_in is not None else None
     base = np.zeros(w.shape[0]) if bias is None else bias.astype(np.float64).reshape(-1)
     new_b = base + (w * shifts).reshape(w.shape[0], -1).sum(axis=1)
-    stem = conv.name or conv.outputs[0].name
-    conv.inputs[1] = gs.Constant(_unique(graph, f"{stem}.weight_folded"), (w * factors).astype(weight.dtype))
-    b_const = gs.Constant(_unique(graph, f"{stem}.bias_folded"), new_b.astype(weight.dtype))
-    if bias_in is not None:
-        conv.inputs[2] = b_const
-    else:
-        conv.inputs.append(b_const)
+    _set_weight_and_bias(conv, (w * factors).astype(weight.dtype), new_b.astype(weight.dtype), graph)
 
 
 # ---------------------------------------------------------------- hardswish
