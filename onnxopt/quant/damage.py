@@ -153,10 +153,7 @@ def _weight_dequantizers(float_model: onnx.ModelProto, work: onnx.ModelProto) ->
     inits = {i.name: i for i in graph.initializer}
     float_inits = {i.name: i for i in float_model.graph.initializer}
     float_nodes = {n.name: n for n in float_model.graph.node}
-    readers: dict[str, list[int]] = {}
-    for i, node in enumerate(graph.node):
-        for name in node.input:
-            readers.setdefault(name, []).append(i)
+    readers = _readers(graph)
     found: dict[str, tuple[list[int], tuple]] = {}
     for i, node in enumerate(graph.node):
         quantized = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
@@ -184,10 +181,7 @@ def _activation_pairs(model: onnx.ModelProto) -> dict[str, tuple[str | None, lis
     constants = {i.name for i in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     producer = {o: n.name for n in graph.node for o in n.output}
-    readers: dict[str, list[int]] = {}
-    for i, node in enumerate(graph.node):
-        for name in node.input:
-            readers.setdefault(name, []).append(i)
+    readers = _readers(graph)
     pairs = {}
     for node in graph.node:
         if node.op_type != "QuantizeLinear" or node.input[0] in constants:
@@ -198,6 +192,15 @@ def _activation_pairs(model: onnx.ModelProto) -> dict[str, tuple[str | None, lis
         consumers = [graph.node[j].name for i in dq_indices for j in readers.get(graph.node[i].output[0], [])]
         pairs[node.input[0]] = (producer.get(node.input[0]), dq_indices, consumers)
     return pairs
+
+
+def _readers(graph: onnx.GraphProto) -> dict[str, list[int]]:
+    """Tensor name -> indices of the nodes reading it."""
+    readers: dict[str, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            readers.setdefault(name, []).append(i)
+    return readers
 
 
 def run_feeds(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[list[np.ndarray]]:
