@@ -164,7 +164,10 @@ def keep_accuracy(quantizer: StaticQuantizer, judge: Judge, data, notes: list[st
         raise ConfigError("fallback=int16 needs format=qdq (16-bit QOperator kernels do not exist)",
                           "use format=qdq or fallback=float")
 
+    built: list[set[str]] = []  # every model built and scored, over both orders
+
     def build(heads: set[str]) -> onnx.ModelProto:
+        built.append(heads)
         nodes = {m for h in heads for m in groups[h]}
         if wide:  # 16-bit instead of float: u16 activations, s16 weights (see onnxopt.quant.wide)
             return quantizer.quantize(overrides=wide_overrides(quantizer.model, nodes,
@@ -175,11 +178,9 @@ def keep_accuracy(quantizer: StaticQuantizer, judge: Judge, data, notes: list[st
     # both orders are searched and the smaller fallback kept: measured damage needs fewer float
     # nodes where the error sits in a few tensors (det: 153 vs 159 of 167 at cosine 0.999; 77 float
     # nodes reach 0.9947 against 0.9874), SQNR did better on ResNet-50's residual chains
-    results: dict[str, SearchResult] = {}
-    for name, order in orders.items():
-        results[name] = bisect_fallback(order, build, judge, "mixed precision")
-        if not results[name].kept:  # int8 everywhere meets it: no order can do better
-            break
+    seen: dict = {}  # the orders share their all-int8 and all-float attempts
+    results = {name: bisect_fallback(order, build, judge, "mixed precision", seen) for name, order in orders.items()}
+
     def size(r: SearchResult) -> int:
         return len({m for h in r.kept for m in groups[h]})
 
@@ -193,7 +194,7 @@ def keep_accuracy(quantizer: StaticQuantizer, judge: Judge, data, notes: list[st
     where = "at 16-bit (u16 activations, s16 weights)" if wide else "in float"
     notes.append(f"mixed precision: {len(result.kept)} of {total} quantizable node(s) kept {where} "
                  f"({100 * len(result.kept) / max(total, 1):.1f}%) to meet {', '.join(map(str, judge.criteria))}; "
-                 f"{judge.describe(result.scores)} after {len(result.trail)} evaluations; ranked by {chosen} ("
+                 f"{judge.describe(result.scores)} after {len(built)} evaluations; ranked by {chosen} ("
                  + ", ".join(f"{name} order: {n}" for name, n in sizes.items()) + ")")
     if result.kept:
         notes.append(f"kept {where} (output SQNR vs float dB / dB lost in the node): " + ", ".join(

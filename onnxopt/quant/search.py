@@ -27,14 +27,23 @@ class SearchResult:
 
 
 def bisect_fallback(ranked: Sequence[str], build: Callable[[set[str]], onnx.ModelProto], judge: Judge,
-                    what: str) -> SearchResult:
-    """Smallest k such that ``build(set(ranked[:k]))`` meets the judge's target."""
+                    what: str, seen: dict | None = None) -> SearchResult:
+    """Smallest k such that ``build(set(ranked[:k]))`` meets the judge's target. ``seen`` is shared by
+    searches over several orders of the same nodes: they all try the empty and the full set, which
+    are then built and scored once (only those two are kept: a model each)."""
     trail: list[dict] = []
+    seen = {} if seen is None else seen
 
     def attempt(k: int) -> tuple[onnx.ModelProto, dict, bool]:
-        model = build(set(ranked[:k]))
-        scores = judge.score(model)
-        ok = judge.holds(scores)
+        key = frozenset(ranked[:k])
+        if key in seen:
+            model, scores, ok = seen[key]
+        else:
+            model = build(set(key))
+            scores = judge.score(model)
+            ok = judge.holds(scores)
+            if k in (0, len(ranked)):
+                seen[key] = (model, scores, ok)
         trail.append({"kept_in_float": k, **scores, "meets_target": ok})
         return model, scores, ok
 

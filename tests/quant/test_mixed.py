@@ -64,3 +64,28 @@ def test_mixed_precision_meets_cosine_0_999_on_cls_with_few_float_nodes(ppocr_cl
     # measured: all 154 nodes int8, held-out cosine 1.00000, top-1 agreement 1.0
     assert result.cosine_mean >= 0.999 and result.top1_agreement == 1.0, result
     assert np.isfinite(result.max_abs_diff)
+
+
+def test_search_orders_share_their_empty_and_full_attempts():
+    """Both fallback orders try int8 everywhere and float everywhere: those are built once."""
+    from onnxopt.quant.search import bisect_fallback
+
+    built = []
+
+    class CountJudge:  # the "model" is the number of nodes kept in float; 3 or more meets the target
+        def score(self, model):
+            return {"cosine": model}
+
+        def holds(self, scores):
+            return scores["cosine"] >= 3
+
+    def build(nodes):
+        built.append(frozenset(nodes))
+        return len(nodes)
+
+    seen: dict = {}
+    first = bisect_fallback(list("abcde"), build, CountJudge(), "test", seen)
+    second = bisect_fallback(list("edcba"), build, CountJudge(), "test", seen)
+    assert first.kept == list("abc") and second.kept == list("edc")
+    assert built.count(frozenset()) == 1 and built.count(frozenset("abcde")) == 1
+    assert [row["kept_in_float"] for row in second.trail][:2] == [0, 5]  # the trail still shows them
