@@ -31,8 +31,12 @@ from onnxopt.quant.targets import mask_iou  # noqa: E402
 from onnxopt.zoo import corpus  # noqa: E402
 from tests.corpus_data import cls_inputs, det_inputs  # noqa: E402
 
-MODES = {"static-qdq": {}, "static-qop": {"format": "qoperator"}, "dynamic": {"mode": "dynamic"},
-         "weight-only-int8": {"mode": "weight-only"}, "latency-aware": {"latency_aware": True},
+MODES = {"static-qdq": {}, "static-qdq-gptq": {"rounding": "gptq"}, "static-qop": {"format": "qoperator"},
+         "a16w8": {"activation_type": "u16"}, "a16w8-gptq": {"activation_type": "u16", "rounding": "gptq"},
+         "dynamic": {"mode": "dynamic"}, "weight-only-int8": {"mode": "weight-only"},
+         "weight-only-int4": {"mode": "weight-only", "bits": 4},
+         "weight-only-int4-gptq": {"mode": "weight-only", "bits": 4, "algorithm": "gptq"},
+         "latency-aware": {"latency_aware": True},
          "latency-aware-cos0.999": {"latency_aware": True, "target": "cosine>=0.999"},
          "mixed-cos0.999": {"target": "cosine>=0.999"},
          "mixed16-cos0.999": {"target": "cosine>=0.999", "fallback": "int16"}, "fp16": None}
@@ -88,7 +92,7 @@ def convert_all(model, data) -> tuple[dict, dict]:
             print(f"# {label}: {len(kept['kept_in_float'])} in float, {len(kept.get('kept_16bit', []))} at 16-bit "
                   f"of {kept.get('quantizable_nodes')} quantizable", flush=True)
         for note in ctx.notes:
-            if note.startswith(("WARNING", "mixed precision", "latency-aware", "fp16", "calibration:")):
+            if note.startswith(("WARNING", "mixed precision", "latency-aware", "fp16", "calibration:", "GPTQ")):
                 print(f"#   {note[:300]}", flush=True)
     return variants, convert
 

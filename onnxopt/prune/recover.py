@@ -16,6 +16,7 @@ import onnx
 
 from onnxopt.agreement import row_cosines
 from onnxopt.passes.graph import const_value, to_graph, to_model
+from onnxopt.passes.im2col import conv_patches
 from onnxopt.prune.calib import stream
 
 MAX_FEATURES = 8192  # wider layers (VGG's 25088-wide FC) are left as cut: their normal matrix is too big
@@ -74,35 +75,6 @@ def _out_axis(node) -> int:
     return 0 if node.op == "Conv" else 1
 
 
-def _conv_geometry(node, w: np.ndarray, x_shape: tuple) -> tuple:
-    k0, k1 = w.shape[2], w.shape[3]
-    s0, s1 = node.attrs.get("strides", [1, 1])
-    d0, d1 = node.attrs.get("dilations", [1, 1])
-    pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
-    auto = node.attrs.get("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        split = []
-        for size, k, s, d in ((x_shape[2], k0, s0, d0), (x_shape[3], k1, s1, d1)):
-            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            small, big = total // 2, total - total // 2
-            split.append((small, big) if auto == "SAME_UPPER" else (big, small))
-        pads = [split[0][0], split[1][0], split[0][1], split[1][1]]
-    return (k0, k1), (s0, s1), (d0, d1), pads
-
-
-def _patches(node, x: np.ndarray, w: np.ndarray, where: tuple) -> np.ndarray:
-    """im2col rows of a 2-D conv's input at output positions ``where`` = (sample, y, x)."""
-    (k0, k1), (s0, s1), (d0, d1), pads = _conv_geometry(node, w, x.shape)
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    bn, oy, ox = where
-    iy = oy[:, None] * s0 + np.arange(k0)[None, :] * d0
-    ix = ox[:, None] * s1 + np.arange(k1)[None, :] * d1
-    c = x.shape[1]
-    rows = xp[bn[:, None, None, None], np.arange(c)[None, :, None, None], iy[:, None, :, None], ix[:, None, None, :]]
-    return rows.reshape(len(bn), -1)
-
-
 def _sample(node, y: np.ndarray, rng, per_feed: int):
     """Random output positions of one feed: (sample, y, x) triples for a conv, flat rows otherwise."""
     if node.op == "Conv":
@@ -123,7 +95,7 @@ def _sample(node, y: np.ndarray, rng, per_feed: int):
 def _rows_at(node, x: np.ndarray, where) -> np.ndarray:
     """The layer's input rows (im2col patches for a conv) at the sampled output positions."""
     if node.op == "Conv":
-        return _patches(node, x, const_value(node.inputs[1]), where)
+        return conv_patches(node.attrs, x, const_value(node.inputs[1]).shape, where)
     if node.op == "ConvTranspose":
         return x[where[0], :, where[1], where[2]]
     return x.reshape(-1, x.shape[-1])[where]

@@ -42,6 +42,7 @@ class QuantizeConfig(PassConfig):
     exclude: StrList = ()  # node names or regular expressions (full match)
     pre_process: bool = True
     fold: bool = True  # static: fold constant affine ops into Convs, fuse hardswish (fewer tensors to round)
+    rounding: Literal["nearest", "gptq"] = "nearest"  # static QDQ weights: gptq fits codes to the inputs (quant.gptq)
     bits: int = 8  # weight-only: 8 (per-channel) or 4 (block-wise MatMulNBits)
     block_size: int = 32  # weight-only int4
     algorithm: Literal["rtn", "hqq", "gptq"] = "rtn"  # weight-only int4

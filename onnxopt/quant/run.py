@@ -25,7 +25,9 @@ def quantize(model: onnx.ModelProto, cfg: QuantizeConfig, ctx) -> onnx.ModelProt
         if cfg.mode == "weight-only":
             from onnxopt.quant.weight_only import weight_only_int4, weight_only_int8
 
-            return (weight_only_int4 if cfg.bits == 4 else weight_only_int8)(model, cfg, notes)
+            if cfg.bits == 4:
+                return weight_only_int4(model, cfg, notes, ctx.data)
+            return weight_only_int8(model, cfg, notes)
         return _static(model, cfg, ctx, notes)
     finally:
         for note in notes:
@@ -42,7 +44,16 @@ def _static(model: onnx.ModelProto, cfg: QuantizeConfig, ctx, notes: list[str]) 
     notes.append(f"format: {settings.reason}")
     quantizer = StaticQuantizer(model, ctx.data, cfg, settings)
     notes.extend(quantizer.notes)
-    ctx.details["quantize"] = {"settings": settings.__dict__, "calibration": quantizer.info.__dict__,
+    if cfg.rounding == "gptq" and settings.format != "qdq":
+        notes.append("rounding=gptq applies to QDQ weights; format=qoperator keeps nearest rounding")
+    result = _static_search(model, quantizer, cfg, ctx, notes)
+    if cfg.rounding == "gptq" and settings.format == "qdq":
+        notes.append(quantizer.gptq_report(result).describe())
+    return result
+
+
+def _static_search(model: onnx.ModelProto, quantizer, cfg: QuantizeConfig, ctx, notes: list[str]) -> onnx.ModelProto:
+    ctx.details["quantize"] = {"settings": quantizer.settings.__dict__, "calibration": quantizer.info.__dict__,
                                "quantizable_nodes": len(quantizer.quantizable())}
     if cfg.latency_aware:
         return _latency_aware(model, quantizer, ctx, notes)

@@ -68,6 +68,22 @@ def test_det_int8_keeps_the_map_and_its_error_is_in_weights_and_activations(det_
 
 
 @pytest.mark.slow
+def test_det_gptq_rounding_brings_s8_weights_within_the_budget(det_split):
+    """With 16-bit activations, nearest-rounded s8 weights leave det at 0.9987; GPTQ's codes on
+    the same grid reach 0.999 on unseen pages (measured 0.9997). All-int8 is not helped: there the
+    8-bit activations carry the error (0.981 either way)."""
+    model, calib, score = det_split
+    nearest = Quantize(calib_size=8, activation_type="u16").apply(model, PassContext(data=calib))
+    ctx = PassContext(data=calib)
+    rounded = Quantize(calib_size=8, activation_type="u16", rounding="gptq").apply(model, ctx)
+    onnx.checker.check_model(rounded)
+    note = next(n for n in ctx.notes if n.startswith("GPTQ rounding on"))
+    assert float(note.split("error ")[1].split("x")[0]) > 3  # measured 10.7x
+    c_nearest, c_gptq = _scores(model, nearest, score)[0], _scores(model, rounded, score)[0]
+    assert c_nearest < 0.999 <= c_gptq, (c_nearest, c_gptq)
+
+
+@pytest.mark.slow
 def test_det_mixed_int16_meets_its_target_on_unseen_pages(det_split):
     model, calib, score = det_split
     ctx = PassContext(data=calib)
