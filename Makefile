@@ -34,8 +34,11 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check onnxopt tests benchmarks models
 
+# the README's tables (about an hour on 2 cores); benchmarks/webgpu.py needs a GPU and is run by hand
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/quantization.py digits ppocr_cls ppocr_det light_squeezenet light_resnet50
+	$(PY) benchmarks/pruning.py
+	$(PY) benchmarks/profiling.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

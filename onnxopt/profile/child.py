@@ -47,6 +47,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     settings = SessionSettings.model_validate(job["session"])
     names = [name for name, _ in job["providers"]]
     options = [opts for _, opts in job["providers"]]
+    devices = plugin_devices(job.get("plugins", {}), names, job["allow_fallback"])
     sessions, models = [], []
     for index, path in enumerate(job["paths"]):
         so = settings.ort_options()
@@ -54,7 +55,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         so.profile_file_prefix = str(Path(job["tmp"]) / f"placement{index}")
         before = peak_rss_mb()
         start = time.perf_counter()
-        session = ort.InferenceSession(path, so, providers=names, provider_options=options)
+        if devices is None:
+            session = ort.InferenceSession(path, so, providers=names, provider_options=options)
+        else:  # plugin EPs are attached to devices; the order of the calls is the priority order
+            for name, opts in zip(names, options, strict=True):
+                if devices.get(name):
+                    so.add_provider_for_devices(devices[name], opts)
+            session = ort.InferenceSession(path, so)
         created = time.perf_counter() - start
         used = session.get_providers()
         lost = [n for n in names if n not in used]
@@ -83,6 +90,35 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         model["times"] = model_times
     return {"models": models, "target_reached": reached, "measure_s": elapsed, "peak_rss_mb": peak_rss_mb(),
             "onnxruntime_version": ort.__version__}
+
+
+def plugin_devices(plugins: dict[str, str], names: list[str], allow_fallback: bool) -> dict[str, list] | None:
+    """Register the plugin EP libraries and find each provider's devices (None without plugins).
+
+    A plugin that loads but finds no device (WebGPU without a Vulkan loader or a GPU) is
+    :class:`ProviderLost`, unless fallback is allowed; then it is left out of the chain."""
+    if not plugins:
+        return None
+    import importlib
+
+    import onnxruntime as ort
+
+    for name, module in plugins.items():
+        library = importlib.import_module(module).get_library_path()
+        try:
+            ort.register_execution_provider_library(name, library)
+        except Exception as exc:  # onnxruntime raises its own Fail type; the message says what is wrong
+            raise ProviderLost(f"onnxruntime could not load the {name} plugin ({library}): {exc}") from exc
+    found: dict[str, list] = {}
+    for device in ort.get_ep_devices():
+        found.setdefault(device.ep_name, []).append(device)
+    missing = [n for n in plugins if not found.get(n)]
+    if missing and not allow_fallback:
+        raise ProviderLost(f"the {', '.join(missing)} plugin loaded but found no device to run on "
+                           f"(devices: {', '.join(sorted(found)) or 'none'}); a GPU plugin needs the GPU's "
+                           "driver, and WebGPU on Linux the Vulkan loader libvulkan.so.1")
+    # the first device of each provider: plugin EPs such as WebGPU take one and pick the GPU themselves
+    return {name: found.get(name, [])[:1] for name in names}
 
 
 def interleaved(sessions: list, feeds: list[list[dict]], protocol: dict[str, Any]

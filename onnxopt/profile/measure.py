@@ -49,18 +49,24 @@ class Item:
 
 @dataclass
 class Chain:
-    """The providers to ask for, their options, and a note when some were dropped (fallback allowed)."""
+    """The providers to ask for, their options, the plugin modules to load (provider -> module),
+    and a note when some were dropped (fallback allowed)."""
 
     names: list[str]
     options: list[dict[str, str]]
     note: str | None = None
+    plugins: dict[str, str] = field(default_factory=dict)
 
 
 def provider_chain(profile: Profile, available: Sequence[str] | None = None) -> Chain:
-    """The profile's providers that this onnxruntime has; a missing one is an error unless fallback is allowed."""
+    """The profile's providers that this onnxruntime has (or whose plugin package is installed); a
+    missing one is an error unless fallback is allowed."""
+    import importlib.util
+
     import onnxruntime as ort
 
     available = list(ort.get_available_providers() if available is None else available)
+    available += [p.name for p in profile.providers if p.plugin and importlib.util.find_spec(p.plugin) is not None]
     missing = [p.name for p in profile.providers if p.name not in available]
     if missing and not profile.allow_fallback:
         name = missing[0]
@@ -77,7 +83,7 @@ def provider_chain(profile: Profile, available: Sequence[str] | None = None) -> 
         options.append({})
     note = (f"{', '.join(missing)} not available in this onnxruntime; measured on {names[0]} "
             "because the profile sets allow_fallback = true") if missing else None
-    return Chain(names, options, note)
+    return Chain(names, options, note, {p.name: p.plugin for p in kept if p.plugin})
 
 
 def measure(items: Sequence[Item], profile: Profile, *, timeout_s: float | None = None,
@@ -101,7 +107,7 @@ def measure_with_times(items: Sequence[Item], profile: Profile, *, timeout_s: fl
             path.write_bytes(item.model.SerializeToString())
             paths.append(str(path))
         job = {"paths": paths, "feeds": [item.feeds for item in items],
-               "providers": list(zip(chain.names, chain.options, strict=True)),
+               "providers": list(zip(chain.names, chain.options, strict=True)), "plugins": chain.plugins,
                "session": profile.session.model_dump(mode="json"), "protocol": profile.measure.model_dump(),
                "allow_fallback": profile.allow_fallback, "fault": fault, "tmp": tmp,
                "target": profile.provider}

@@ -46,6 +46,7 @@ PROVIDER_PACKAGES = {
     "XnnpackExecutionProvider": "onnxruntime-android, or onnxruntime built with --use_xnnpack",
     "ROCMExecutionProvider": "onnxruntime-rocm",
     "MIGraphXExecutionProvider": "onnxruntime-migraphx",
+    "WebGpuExecutionProvider": "onnxruntime-ep-webgpu (a plugin for onnxruntime >= 1.24.4; Linux needs libvulkan.so.1)",
 }
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int16", "int4"]
@@ -57,10 +58,15 @@ class _Strict(BaseModel):
 
 
 class ProviderSpec(_Strict):
-    """One execution provider of the chain, with onnxruntime's own provider-option keys."""
+    """One execution provider of the chain, with onnxruntime's own provider-option keys.
+
+    ``plugin`` names the Python module of a plugin EP package (onnxruntime 1.23+ loads these
+    at run time, e.g. ``onnxruntime_ep_webgpu``): its ``get_library_path()`` is registered with
+    onnxruntime and the provider is attached to the device it finds."""
 
     name: str
     options: dict[str, OptionValue] = {}
+    plugin: str | None = None
 
     @field_validator("name")
     @classmethod

@@ -112,6 +112,8 @@ def input_moments(model: onnx.ModelProto, data, wanted: Mapping[str, Layer], *, 
     over ``samples`` samples of ``data`` (ROWS_PER_SAMPLE rows drawn per sample)."""
     from onnxopt.prune.calib import stream
 
+    if not wanted:
+        return {}
     inputs = {name: next(n.input[0] for n in model.graph.node if n.name == name) for name in wanted}
     sums: dict[tuple[str, int], np.ndarray] = {}
     counts: dict[tuple[str, int], int] = {}
@@ -361,8 +363,8 @@ def refine_nbits(model: onnx.ModelProto, float_model: onnx.ModelProto, moments: 
         blocks = full.shape[1] // block
         scale = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64).reshape(n, blocks)
         zero_name = node.input[3] if len(node.input) > 3 else ""
-        if zero_name and inits[zero_name].data_type != onnx.TensorProto.UINT8:
-            continue
+        if zero_name and (zero_name not in inits or inits[zero_name].data_type != onnx.TensorProto.UINT8):
+            continue  # zero points given at run time, or in another layout
         zero = (_unpack_nibbles(numpy_helper.to_array(inits[zero_name]).reshape(n, -1))[:, :blocks]
                 if zero_name else np.full((n, blocks), 8)).astype(np.float64)
         layer = float_layers[name]

@@ -90,6 +90,37 @@ def test_allowed_fallback_is_stated_in_the_result():
     assert result.placement.off_target  # every node ran off the requested provider, by name
 
 
+def test_a_plugin_ep_is_loaded_and_measured_or_refused_clearly():
+    """The WebGPU plugin registers with onnxruntime in the child; with a GPU and a Vulkan loader it
+    runs the model, without them the profile says what is missing (exit code 5), never a CPU number."""
+    pytest.importorskip("onnxruntime_ep_webgpu")
+    try:
+        report = onnxopt.profile(DIGITS, profile=fast_profile("webgpu"))
+    except ProviderUnavailableError as exc:
+        assert "WebGpuExecutionProvider plugin loaded but found no device" in str(exc), str(exc)
+        assert "libvulkan.so.1" in str(exc) and exc.exit_code == 5
+    else:
+        [result] = report.results
+        assert result.ok and result.placement.nodes.get("WebGpuExecutionProvider", 0) > 0
+
+
+def test_a_plugin_ep_without_a_device_falls_back_only_when_allowed_and_says_so():
+    pytest.importorskip("onnxruntime_ep_webgpu")
+    [result] = onnxopt.profile(DIGITS, profile=fast_profile("webgpu", allow_fallback=True)).results
+    assert result.ok
+    if "WebGpuExecutionProvider" not in result.providers_used:  # no GPU here: the CPU device ran it
+        assert result.fallback and "did not load WebGpuExecutionProvider" in result.fallback_note
+        assert result.placement.nodes.get("CPUExecutionProvider", 0) > 0
+
+
+def test_a_missing_plugin_package_is_named():
+    prof = get_profile({"name": "gpu-plugin", "extends": "webgpu",
+                        "providers": [{"name": "WebGpuExecutionProvider", "plugin": "no_such_plugin_module"}]})
+    with pytest.raises(ProviderUnavailableError, match="does not have") as info:
+        provider_chain(prof)
+    assert "onnxruntime-ep-webgpu" in info.value.hint
+
+
 def test_provider_chain_keeps_order_and_adds_cpu():
     chain = provider_chain(get_profile("tensorrt"), available=["TensorrtExecutionProvider", "CUDAExecutionProvider",
                                                                "CPUExecutionProvider"])

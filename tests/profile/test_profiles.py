@@ -6,7 +6,8 @@ from onnxopt.errors import ConfigError
 from onnxopt.profile import get_profile, profiles
 from onnxopt.profile.profiles import PROVIDER_PACKAGES, Profile
 
-SHIPPED = ["cpu", "cpu-1t", "cuda", "tensorrt", "openvino", "directml", "coreml", "nnapi", "qnn-htp", "xnnpack"]
+SHIPPED = ["cpu", "cpu-1t", "cuda", "tensorrt", "openvino", "directml", "coreml", "nnapi", "qnn-htp", "xnnpack",
+           "webgpu"]
 
 
 def test_every_required_profile_is_shipped():

@@ -131,6 +131,12 @@ def test_int4_gptq_beats_rtn_on_the_digits_head(digits):
     assert scores["gptq"] > scores["rtn"], scores  # measured: 0.9994 vs 0.9970
 
 
+def test_int4_gptq_on_a_model_without_matmul_is_refused_clearly(ppocr_det):
+    model, data = ppocr_det
+    with pytest.raises(ConfigError, match="found no MatMul"):
+        Quantize(mode="weight-only", bits=4, algorithm="gptq", calib_size=2).apply(model, PassContext(data=data))
+
+
 def test_int4_gptq_needs_data_and_hqq_needs_torch(digits):
     model, _, _ = digits
     with pytest.raises(ConfigError, match="needs calibration data"):
