@@ -89,7 +89,7 @@ class Judge:
     """Runs candidates on fixed data and scores them against the float reference's outputs."""
 
     def __init__(self, reference: onnx.ModelProto, data, criteria: list[Criterion], metric: Metric | None = None):
-        from onnxopt.evaluate import run
+        from onnxopt.runtime import run
 
         self.data, self.criteria, self.metric = data, criteria, metric or _top1_accuracy
         self.reference = run(reference, data)
@@ -97,7 +97,8 @@ class Judge:
         self.base_metric = self.metric(self.reference, data.labels) if needs_metric else None
 
     def score(self, candidate: onnx.ModelProto) -> dict[str, float | None]:
-        from onnxopt.evaluate import compare_outputs, run
+        from onnxopt.agreement import compare_outputs
+        from onnxopt.runtime import run
 
         outputs = run(candidate, self.data)
         compared = compare_outputs(self.reference, outputs)
