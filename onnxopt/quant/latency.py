@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxopt.quant.nodetime import Anchors, Timing, profile_nodes, providers, session_options
+from onnxopt.quant.nodetime import Anchors, Timing, profile_nodes, provider_warning, providers, session_options
 from onnxopt.quant.static import StaticQuantizer
 
 Timer = Callable[[onnx.ModelProto], Timing]
@@ -171,6 +171,7 @@ def latency_aware(quantizer: StaticQuantizer, original: onnx.ModelProto, feeds: 
     model = original if choice == "fp32" else variants[choice].model
     chosen(decisions, frozenset(_kept(decisions)) if choice == "fp32" else variants[choice].keep)
     result = LatencyResult(model, choice, decisions, stats, unattributed_us=unattributed, scores=scores)
+    result.notes.extend(filter(None, [provider_warning(profile)]))
     result.notes.extend(_notes(result))
     if judge is not None:
         result.notes.extend(_fidelity_notes(result, judge, stats))

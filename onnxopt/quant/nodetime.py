@@ -182,6 +182,17 @@ def providers(profile=None) -> list[str]:
     return wanted or ["CPUExecutionProvider"]
 
 
+def provider_warning(profile=None) -> str | None:
+    """Said when the timings cannot come from the profile's own provider (only this onnxruntime's
+    built-in providers are used for per-node timing: plugin EPs and missing ones are not)."""
+    target = next((p.name for p in getattr(profile, "providers", None) or []), None)
+    used = providers(profile)[0]
+    if target is None or target == used:
+        return None
+    return (f"WARNING: latency-aware timed the nodes on {used}, not on the profile's {target} (not available "
+            "in this onnxruntime); its choice holds for this machine, not necessarily for the target")
+
+
 def profile_nodes(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], anchors: Anchors, profile=None,
                   *, budget_s: float = 1.5, min_runs: int = 10, max_runs: int = 50, warmup: int = 3) -> Timing:
     """Run ``model`` with onnxruntime's profiler on; per-anchor median kernel time per run. Runs enough

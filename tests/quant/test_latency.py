@@ -245,3 +245,22 @@ def test_latency_aware_without_a_target_holds_a_cosine_floor(digits, monkeypatch
     assert out.SerializeToString() == model.SerializeToString()
     assert ctx.details["quantize"]["latency_aware"]["choice"] == "fp32"
     assert any(n.startswith("WARNING") and "cosine>=1.01" in n for n in ctx.notes)
+
+
+def test_timing_off_the_profiles_provider_is_said_loudly(digits):
+    """Per-node timing uses this onnxruntime's providers; for a profile whose provider is missing
+    (CUDA here) or a plugin, the choice is made on the CPU and the notes must say so."""
+    import onnxruntime as ort
+
+    from onnxopt.profile import get_profile
+    from onnxopt.quant.nodetime import provider_warning
+
+    assert provider_warning(get_profile("cpu-1t")) is None and provider_warning(None) is None
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        warning = provider_warning(get_profile("cuda"))
+        assert warning.startswith("WARNING") and "CUDAExecutionProvider" in warning
+    assert "WebGpuExecutionProvider" in provider_warning(get_profile("webgpu"))
+    model, calib, _ = digits
+    ctx = PassContext(data=calib, profile=get_profile("webgpu"))
+    Quantize(latency_aware=True, calib_size=16).apply(model, ctx)
+    assert any(n.startswith("WARNING: latency-aware timed the nodes on CPUExecutionProvider") for n in ctx.notes)
