@@ -125,7 +125,7 @@ def input_moments(model: onnx.ModelProto, data, wanted: Mapping[str, Layer], *, 
             if rows is None:
                 continue
             key = (name, index % 2)
-            grams = np.einsum("rgi,rgj->gij", rows, rows, optimize=True).astype(np.float64)
+            grams = np.matmul(rows.transpose(1, 2, 0), rows.transpose(1, 0, 2)).astype(np.float64)
             sums[key] = grams if key not in sums else sums[key] + grams
             counts[key] = counts.get(key, 0) + rows.shape[0]
     found = {}
@@ -209,7 +209,7 @@ def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
 def output_error(weight: np.ndarray, approx: np.ndarray, hessian: np.ndarray) -> float:
     """Layer output MSE ``tr((W - Q) H (W - Q)^T)`` summed over groups (weights as [g, rows, cols])."""
     diff = np.asarray(weight, np.float64) - np.asarray(approx, np.float64)
-    return float(np.einsum("gri,gij,grj->", diff, hessian, diff))
+    return float(np.sum(np.matmul(diff, hessian) * diff))  # einsum's three-operand path is 10x slower
 
 
 @dataclass
@@ -220,6 +220,7 @@ class Refined:
     weights: int = 0
     skipped: int = 0
     not_better: int = 0
+    too_large: int = 0
     error_nearest: float = 0.0
     error_gptq: float = 0.0
 
@@ -227,6 +228,7 @@ class Refined:
         self.weights += other.weights
         self.skipped += other.skipped
         self.not_better += other.not_better
+        self.too_large += other.too_large
         self.error_nearest += other.error_nearest
         self.error_gptq += other.error_gptq
 
@@ -241,6 +243,8 @@ class Refined:
             text += (f"; {self.not_better} kept nearest rounding: fewer input rows than weight columns in half the "
                      "samples (layers that see one row per sample, such as heads and convs on pooled inputs, need "
                      "more samples than inputs), or GPTQ fitted on half did not beat it on the other half")
+        if self.too_large:
+            text += f"; {self.too_large} kept nearest rounding: their input moments exceed the memory budget"
         return text + (f"; {self.skipped} kept nearest rounding (grid not recognised)" if self.skipped else "")
 
 
@@ -279,43 +283,145 @@ def _choose(layer: Layer, w: np.ndarray, old: np.ndarray, scale: np.ndarray, zer
     return codes if after < before else old
 
 
-def refine_qdq(qdq: onnx.ModelProto, float_model: onnx.ModelProto, moments: Mapping[str, Moments],
-               bounds: Callable[[int], tuple[int, int]], cache: dict | None = None) -> Refined:
-    """Replace, in place, the integer weight codes of ``qdq``'s DequantizeLinear weights with GPTQ's
-    (same scales and zero points). ``moments`` by node name (:func:`input_moments` of
-    ``float_model``, whose nodes ``qdq`` was quantized from); ``bounds(data_type)`` = onnxruntime's
-    (qmin, qmax) for a weight's integer type. ``cache`` keeps codes across re-quantizations with
-    other nodes in float; with it, refining a model again is a cheap way to get its report."""
-    report, cache = Refined(), {} if cache is None else cache
-    float_layers = layers(float_model, moments)
-    float_inits = {t.name: t for t in float_model.graph.initializer}
-    inits = {t.name: t for t in qdq.graph.initializer}
-    producers = {o: n for n in qdq.graph.node for o in n.output}
-    readers: dict[str, list[str]] = {}
-    for node in qdq.graph.node:
-        dq = producers.get(node.input[1]) if node.name in float_layers and len(node.input) > 1 else None
-        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
-            readers.setdefault(dq.output[0], []).append(node.name)
-    for dq_out, names in readers.items():
-        dq = producers[dq_out]
-        layer = float_layers[names[0]]
-        if any(float_layers[n].weight != layer.weight for n in names):
-            continue
-        codes_tensor = inits[dq.input[0]]
-        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-        zero_name = dq.input[2] if len(dq.input) > 2 else ""
-        zero = numpy_helper.to_array(inits[zero_name]).astype(np.float64) if zero_name else np.zeros_like(scale)
-        key = (dq.input[0], scale.tobytes(), zero.tobytes())
-        if key not in cache:
-            alone = Refined()
-            codes = _qdq_codes(layer, float_inits, codes_tensor, dq, scale, zero, _merged([moments[n] for n in names]),
-                               bounds(codes_tensor.data_type), alone)
-            cache[key] = (codes, alone)
-        codes, alone = cache[key]
-        report.add(alone)
-        if codes is not None:
-            codes_tensor.CopyFrom(numpy_helper.from_array(codes, codes_tensor.name))
-    return report
+@dataclass
+class _Job:
+    """One weight to re-round: its cache key, the float nodes reading it (their inputs' moments are
+    pooled), how to get its codes from those moments, and where to write them."""
+
+    key: tuple
+    names: list[str]
+    solve: Callable[[Moments, Refined], np.ndarray | None]
+    write: Callable[[np.ndarray], None]
+
+
+class Rounder:
+    """GPTQ codes for the weights of one float model, on whatever grid onnxruntime gives them.
+
+    Input moments are measured for batches of layers whose moments fit ``budget`` bytes (one
+    streamed pass over the data each), used and dropped; only the codes are kept, by weight, scale
+    and zero point, so re-quantizing with other nodes in float (the mixed-precision and
+    latency-aware searches) costs nothing. A layer whose moments alone exceed the budget (VGG's
+    25088-input head: 15 GB in float64) keeps nearest rounding and the report says so."""
+
+    def __init__(self, float_model: onnx.ModelProto, data, *, samples: int, budget: int,
+                 names: Iterable[str] | None = None):
+        self.model, self.data, self.samples, self.budget = float_model, data, samples, budget
+        self.layers = layers(float_model, names)
+        self.inits = {t.name: t for t in float_model.graph.initializer}
+        self.codes: dict[tuple, tuple[np.ndarray | None, Refined]] = {}
+
+    def refine_qdq(self, qdq: onnx.ModelProto, bounds: Callable[[int], tuple[int, int]]) -> Refined:
+        """Replace, in place, the integer codes of ``qdq``'s DequantizeLinear weights (quantized from
+        this float model) with GPTQ's; ``bounds(data_type)`` = onnxruntime's (qmin, qmax) for a
+        weight's integer type. Refining a model again only reads the cache: a cheap report."""
+        inits = {t.name: t for t in qdq.graph.initializer}
+        producers = {o: n for n in qdq.graph.node for o in n.output}
+        readers: dict[str, list[str]] = {}
+        for node in qdq.graph.node:
+            dq = producers.get(node.input[1]) if node.name in self.layers and len(node.input) > 1 else None
+            if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+                readers.setdefault(dq.output[0], []).append(node.name)
+        jobs = []
+        for dq_out, names in readers.items():
+            dq = producers[dq_out]
+            layer = self.layers[names[0]]
+            if any(self.layers[n].weight != layer.weight for n in names):
+                continue
+            tensor = inits[dq.input[0]]
+            scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+            zero_name = dq.input[2] if len(dq.input) > 2 else ""
+            zero = numpy_helper.to_array(inits[zero_name]).astype(np.float64) if zero_name else np.zeros_like(scale)
+
+            def solve(moments, report, layer=layer, tensor=tensor, dq=dq, scale=scale, zero=zero):
+                return _qdq_codes(layer, self.inits, tensor, dq, scale, zero, moments, bounds(tensor.data_type),
+                                  report)
+
+            def write(codes, tensor=tensor):
+                tensor.CopyFrom(numpy_helper.from_array(codes, tensor.name))
+            jobs.append(_Job((dq.input[0], scale.tobytes(), zero.tobytes()), names, solve, write))
+        return self._run(jobs)
+
+    def refine_nbits(self, model: onnx.ModelProto) -> Refined:
+        """Replace, in place, the 4-bit codes of ``model``'s ``MatMulNBits`` nodes with GPTQ's (same
+        block scales and zero points), each matched to this float model's MatMul by its output name.
+        B is [N, blocks, block_size / 2] bytes, two codes per byte, low nibble first; zero points
+        (default 8) are packed the same way, per row of blocks."""
+        by_output = {n.output[0]: n.name for n in self.model.graph.node if n.name in self.layers}
+        inits = {t.name: t for t in model.graph.initializer}
+        jobs = []
+        for node in model.graph.node:
+            name = by_output.get(node.output[0]) if node.op_type == "MatMulNBits" else None
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if name is None or attrs.get("bits", 4) != 4 or node.input[1] not in inits or node.input[2] not in inits:
+                continue
+            k, n, block = int(attrs["K"]), int(attrs["N"]), int(attrs["block_size"])
+            full = _unpack_nibbles(numpy_helper.to_array(inits[node.input[1]]).reshape(n, -1))
+            blocks = full.shape[1] // block
+            scale = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64).reshape(n, blocks)
+            zero_name = node.input[3] if len(node.input) > 3 else ""
+            if zero_name and (zero_name not in inits or inits[zero_name].data_type != onnx.TensorProto.UINT8):
+                continue  # zero points given at run time, or in another layout
+            zero = (_unpack_nibbles(numpy_helper.to_array(inits[zero_name]).reshape(n, -1))[:, :blocks]
+                    if zero_name else np.full((n, blocks), 8)).astype(np.float64)
+            layer = self.layers[name]
+
+            def solve(moments, report, layer=layer, full=full, k=k, scale=scale, zero=zero, block=block):
+                w = numpy_helper.to_array(self.inits[layer.weight])
+                codes = _choose(layer, w, full[None, :, :k].astype(np.float64), scale[None], zero[None], moments,
+                                (0, 15), block, report)
+                if codes is None:
+                    return None
+                packed = full.copy()
+                packed[:, :k] = codes[0]
+                return (packed[:, 0::2] | (packed[:, 1::2] << 4)).astype(np.uint8)
+
+            def write(codes, tensor=inits[node.input[1]]):
+                tensor.CopyFrom(numpy_helper.from_array(codes.reshape(tensor.dims), tensor.name))
+            jobs.append(_Job((node.input[1], scale.tobytes(), zero.tobytes()), [name], solve, write))
+        return self._run(jobs)
+
+    def _run(self, jobs: list[_Job]) -> Refined:
+        missing = [j for j in jobs if j.key not in self.codes]
+        for batch in self._batches(missing):
+            moments = input_moments(self.model, self.data, {n: self.layers[n] for j in batch for n in j.names},
+                                    samples=self.samples)
+            for job in batch:
+                report = Refined()
+                parts = [moments[n] for n in job.names if n in moments]
+                codes = job.solve(_merged(parts), report) if len(parts) == len(job.names) else None
+                self.codes[job.key] = (codes, report)
+        report = Refined()
+        for job in jobs:
+            codes, alone = self.codes[job.key]
+            report.add(alone)
+            if codes is not None:
+                job.write(codes)
+        return report
+
+    def _bytes(self, job: _Job) -> int:
+        """Peak bytes of a job's moments: two halves and their sum in float64, and the drawn rows."""
+        total = 0
+        for name in job.names:
+            layer = self.layers[name]
+            cols = int(np.prod(layer.shape[1:])) if layer.op == "Conv" else layer.shape[
+                0 if layer.op == "MatMul" or not layer.attrs.get("transB", 0) else 1]
+            total += 3 * 8 * layer.groups * cols * cols + 4 * ROWS_PER_SAMPLE * layer.groups * cols
+        return total
+
+    def _batches(self, jobs: list[_Job]) -> list[list[_Job]]:
+        batches: list[list[_Job]] = []
+        used = self.budget
+        for job in jobs:
+            size = self._bytes(job)
+            if size > self.budget:
+                self.codes[job.key] = (None, Refined(too_large=1))
+                continue
+            if used + size > self.budget:
+                batches.append([])
+                used = 0
+            batches[-1].append(job)
+            used += size
+        return batches
 
 
 def _merged(parts: list[Moments]) -> Moments:
@@ -340,44 +446,6 @@ def _qdq_codes(layer, float_inits, codes_tensor, dq, scale, zero, moments, bound
     codes = _choose(layer, w, layer.matrix(old).astype(np.float64), per_row[0], per_row[1], moments, bounds, None,
                     report)
     return None if codes is None else layer.weight_of(codes).astype(old.dtype)
-
-
-def refine_nbits(model: onnx.ModelProto, float_model: onnx.ModelProto, moments: Mapping[str, Moments]) -> Refined:
-    """Replace, in place, the 4-bit codes of ``model``'s ``MatMulNBits`` nodes with GPTQ's (same
-    block scales and zero points). Each is matched to ``float_model``'s MatMul by its output name;
-    ``moments`` by that MatMul's node name. B is [N, blocks, block_size / 2] bytes, two codes per
-    byte, low nibble first; zero points (default 8) are packed the same way, per row of blocks."""
-    report = Refined()
-    float_layers = layers(float_model, moments)
-    by_output = {n.output[0]: n.name for n in float_model.graph.node if n.name in float_layers}
-    float_inits = {t.name: t for t in float_model.graph.initializer}
-    inits = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        name = by_output.get(node.output[0]) if node.op_type == "MatMulNBits" else None
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if name is None or attrs.get("bits", 4) != 4 or node.input[1] not in inits or node.input[2] not in inits:
-            continue
-        k, n, block = int(attrs["K"]), int(attrs["N"]), int(attrs["block_size"])
-        packed = numpy_helper.to_array(inits[node.input[1]]).reshape(n, -1)
-        full = _unpack_nibbles(packed)
-        blocks = full.shape[1] // block
-        scale = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64).reshape(n, blocks)
-        zero_name = node.input[3] if len(node.input) > 3 else ""
-        if zero_name and (zero_name not in inits or inits[zero_name].data_type != onnx.TensorProto.UINT8):
-            continue  # zero points given at run time, or in another layout
-        zero = (_unpack_nibbles(numpy_helper.to_array(inits[zero_name]).reshape(n, -1))[:, :blocks]
-                if zero_name else np.full((n, blocks), 8)).astype(np.float64)
-        layer = float_layers[name]
-        w = numpy_helper.to_array(float_inits[layer.weight])
-        codes = _choose(layer, w, full[None, :, :k].astype(np.float64), scale[None], zero[None], moments[name],
-                        (0, 15), block, report)
-        if codes is None:
-            continue
-        full[:, :k] = codes[0]
-        inits[node.input[1]].CopyFrom(numpy_helper.from_array(
-            (full[:, 0::2] | (full[:, 1::2] << 4)).astype(np.uint8).reshape(inits[node.input[1]].dims),
-            node.input[1]))
-    return report
 
 
 def _unpack_nibbles(packed: np.ndarray) -> np.ndarray:

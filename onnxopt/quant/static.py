@@ -55,8 +55,8 @@ class StaticQuantizer:
                               "pass --calib data.npz (or an image folder); --calib synthetic only for a smoke test")
         self.cfg, self.settings, self.notes, self.data = cfg, settings, [], data
         self.wide_ranges = None  # ranges for 16-bit tensors when ``ranges`` are clipped (see clipped())
-        # rounding=gptq: input moments and chosen codes, shared with the clipped() copies
-        self._gptq: dict = {"moments": None, "codes": {}}
+        # rounding=gptq: the GPTQ rounder (its codes), shared with the clipped() copies
+        self._gptq: dict = {"rounder": None}
         prepared = prepare(model, run_pre_process=cfg.pre_process, fold=cfg.fold)
         self.model, self.notes = prepared.model, list(prepared.notes)
         self.op_types = list(cfg.op_types) or default_op_types()
@@ -136,18 +136,18 @@ class StaticQuantizer:
         return self._round_by_gptq(model)
 
     def _round_by_gptq(self, quantized: onnx.ModelProto):
-        """GPTQ codes for the weights of ``quantized`` (:mod:`.gptq`); the input Hessians are
-        measured once, and each weight's codes are reused while its scales stay the same."""
+        """GPTQ codes for the weights of ``quantized`` (:mod:`.gptq`): input moments measured within
+        the calibration memory budget, codes kept while a weight's scales stay the same."""
         from onnxruntime.quantization.quant_utils import get_qmin_qmax_for_qType
 
-        from onnxopt.quant.gptq import input_moments, layers, refine_qdq
+        from onnxopt.quant.calib import memory_budget
+        from onnxopt.quant.gptq import Rounder
 
-        if self._gptq["moments"] is None:
-            wanted = {n: layer for n, layer in layers(self.model).items()
-                      if layer.op in self.op_types and n not in self.excluded}
-            self._gptq["moments"] = input_moments(self.model, self.data, wanted, samples=self.cfg.calib_size)
+        if self._gptq["rounder"] is None:
+            names = self.quantizable()
+            budget = memory_budget(parse_size(self.cfg.calib_memory) if self.cfg.calib_memory else None)
+            self._gptq["rounder"] = Rounder(self.model, self.data, samples=self.cfg.calib_size, budget=budget,
+                                            names=names)
         symmetric, reduce = self.settings.symmetric_weights, self.cfg.reduce_range
-        return refine_qdq(
-            quantized, self.model, self._gptq["moments"],
-            lambda dtype: tuple(int(v) for v in get_qmin_qmax_for_qType(dtype, reduce, symmetric)),
-            self._gptq["codes"])
+        return self._gptq["rounder"].refine_qdq(
+            quantized, lambda dtype: tuple(int(v) for v in get_qmin_qmax_for_qType(dtype, reduce, symmetric)))

@@ -146,18 +146,14 @@ def weight_only_int4(model: onnx.ModelProto, cfg: QuantizeConfig, notes: list[st
     algo = {"rtn": lambda: nbits.RTNWeightOnlyQuantConfig(),
             "hqq": lambda: _hqq_config(nbits, cfg),
             "gptq": lambda: nbits.RTNWeightOnlyQuantConfig()}[cfg.algorithm]()  # then GPTQ codes on its grid
-    moments, original = None, None
-    if cfg.algorithm == "gptq":
-        moments, original = _gptq_moments(work, cfg, data, excluded, notes)
+    rounder = _gptq_rounder(work, cfg, data, excluded, notes) if cfg.algorithm == "gptq" else None
     with quiet():
         quantizer = nbits.MatMulNBitsQuantizer(work, bits=4, block_size=cfg.block_size, is_symmetric=symmetric,
                                                nodes_to_exclude=sorted(excluded), algo_config=algo)
         quantizer.process()
     result = quantizer.model.model
-    if moments is not None:
-        from onnxopt.quant.gptq import refine_nbits
-
-        notes.append(refine_nbits(result, original, moments).describe())
+    if rounder is not None:
+        notes.append(rounder.refine_nbits(result).describe())
     count = sum(1 for n in result.graph.node if n.op_type == "MatMulNBits")
     if not count:
         raise ConfigError("weight-only int4 found no MatMul with a constant weight to quantize",
@@ -177,16 +173,19 @@ def _hqq_config(nbits, cfg: QuantizeConfig):
     return nbits.HQQWeightOnlyQuantConfig(block_size=cfg.block_size, bits=4)
 
 
-def _gptq_moments(model: onnx.ModelProto, cfg: QuantizeConfig, data, excluded: set[str], notes: list[str]):
-    """The MatMuls' input moments for GPTQ, and a copy of the float model they belong to."""
-    from onnxopt.quant.gptq import input_moments, layers
+def _gptq_rounder(model: onnx.ModelProto, cfg: QuantizeConfig, data, excluded: set[str], notes: list[str]):
+    """A GPTQ rounder for the MatMuls, over a copy of the float model (the quantizer edits it)."""
+    from onnxopt.model import parse_size
+    from onnxopt.quant.calib import memory_budget
+    from onnxopt.quant.gptq import Rounder
 
     if data is None:
         raise ConfigError("algorithm=gptq needs calibration data (it fits the rounding to the layer inputs)",
                           "pass --calib data.npz or an image folder, or use algorithm=rtn")
     if getattr(data, "synthetic", False):
         notes.append("WARNING: GPTQ fitted to SYNTHETIC random inputs")
-    wanted = {n: layer for n, layer in layers(model).items() if layer.op == "MatMul" and n not in excluded}
     original = onnx.ModelProto()
     original.CopyFrom(model)
-    return input_moments(original, data, wanted, samples=cfg.calib_size), original
+    names = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in excluded]
+    budget = memory_budget(parse_size(cfg.calib_memory) if cfg.calib_memory else None)
+    return Rounder(original, data, samples=cfg.calib_size, budget=budget, names=names)

@@ -146,3 +146,24 @@ def test_int4_gptq_needs_data_and_hqq_needs_torch(digits):
     if importlib.util.find_spec("torch") is None:
         with pytest.raises(ConfigError, match="needs PyTorch"):
             Quantize(mode="weight-only", bits=4, algorithm="hqq").apply(model, PassContext())
+
+
+def test_moments_are_measured_in_batches_within_the_memory_budget(digits):
+    """16 MiB holds the digits layers a few at a time (several passes, the same codes); at 5 MiB the
+    288-input conv's moments alone do not fit and it keeps nearest rounding, saying so."""
+    model, calib, _ = digits
+
+    def codes(**options):
+        ctx = PassContext(data=calib)
+        out = Quantize(**options).apply(model, ctx)
+        return {t.name: numpy_helper.to_array(t) for t in out.graph.initializer if t.data_type == TensorProto.INT8}, ctx
+
+    whole, _ = codes(rounding="gptq")
+    batched, _ = codes(rounding="gptq", calib_memory="16M")
+    assert whole.keys() == batched.keys() and all(np.array_equal(whole[k], batched[k]) for k in whole)
+    small, ctx = codes(rounding="gptq", calib_memory="5M")
+    nearest, _ = codes(calib_memory="5M")
+    assert any("exceed the memory budget" in n for n in ctx.notes)
+    too_big = [k for k in small if "branch_b" in k]
+    assert too_big and all(np.array_equal(small[k], nearest[k]) for k in too_big)
+    assert any(not np.array_equal(small[k], nearest[k]) for k in small)  # the small layers still re-rounded
