@@ -48,7 +48,9 @@ class QuantizeConfig(PassConfig):
     algorithm: Literal["rtn", "hqq", "gptq"] = "rtn"  # weight-only int4
     target: str | None = None  # accuracy-keeping fallback, e.g. "cosine>=0.999" or "top1>=0.99|max_drop=0.01"
     eval: str | None = None  # "module:function", a metric (outputs, labels) -> float for max_drop
-    fallback: Literal["float", "int16"] = "float"  # target: sensitive nodes go float, or u16/s16 (QDQ only)
+    # target: sensitive nodes go float, or 16-bit (QDQ only): int16 = u16 activations and s16 weights,
+    # a16w8 = u16 activations with the 8-bit weights (what QNN's HTP runs; pair it with rounding=gptq)
+    fallback: Literal["float", "int16", "a16w8"] = "float"
     latency_aware: bool = False  # keep in float the nodes that do not get faster
 
     @field_validator("exclude")

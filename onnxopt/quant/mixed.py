@@ -159,9 +159,10 @@ def keep_accuracy(quantizer: StaticQuantizer, judge: Judge, data, notes: list[st
     measured = node_order(gains, head_of)
     orders = {"measured damage": measured + [n for n in by_sqnr if n not in set(measured)], "SQNR": by_sqnr}
 
-    wide = quantizer.cfg.fallback == "int16"
+    fallback = quantizer.cfg.fallback
+    wide = fallback != "float"
     if wide and quantizer.settings.format != "qdq":
-        raise ConfigError("fallback=int16 needs format=qdq (16-bit QOperator kernels do not exist)",
+        raise ConfigError(f"fallback={fallback} needs format=qdq (16-bit QOperator kernels do not exist)",
                           "use format=qdq or fallback=float")
 
     built: list[set[str]] = []  # every model built and scored, over both orders
@@ -169,17 +170,20 @@ def keep_accuracy(quantizer: StaticQuantizer, judge: Judge, data, notes: list[st
     def build(heads: set[str]) -> onnx.ModelProto:
         built.append(heads)
         nodes = {m for h in heads for m in groups[h]}
-        if wide:  # 16-bit instead of float: u16 activations, s16 weights (see onnxopt.quant.wide)
+        if wide:  # 16-bit instead of float: u16 activations, and s16 weights unless a16w8 (onnxopt.quant.wide)
             return quantizer.quantize(overrides=wide_overrides(quantizer.model, nodes,
                                                                quantizer.settings.activation_type,
-                                                               quantizer.wide_ranges))
+                                                               quantizer.wide_ranges, weights=fallback == "int16"))
         return quantizer.quantize(nodes)
 
     # both orders are searched and the smaller fallback kept: measured damage needs fewer float
     # nodes where the error sits in a few tensors (det: 153 vs 159 of 167 at cosine 0.999; 77 float
     # nodes reach 0.9947 against 0.9874), SQNR did better on ResNet-50's residual chains
     seen: dict = {}  # the orders share their all-int8 and all-float attempts
-    results = {name: bisect_fallback(order, build, judge, "mixed precision", seen) for name, order in orders.items()}
+    where = {"int16": "at 16-bit (u16 activations, s16 weights)", "a16w8": "at 16-bit (u16 activations, 8-bit weights)",
+             "float": "in float"}[fallback]
+    results = {name: bisect_fallback(order, build, judge, "mixed precision", seen, where)
+               for name, order in orders.items()}
 
     def size(r: SearchResult) -> int:
         return len({m for h in r.kept for m in groups[h]})
@@ -191,7 +195,6 @@ def keep_accuracy(quantizer: StaticQuantizer, judge: Judge, data, notes: list[st
     result.calibration = calibrations
     result.kept = [m for h in result.kept for m in groups[h]]
     total = len(quantizer.quantizable())
-    where = "at 16-bit (u16 activations, s16 weights)" if wide else "in float"
     notes.append(f"mixed precision: {len(result.kept)} of {total} quantizable node(s) kept {where} "
                  f"({100 * len(result.kept) / max(total, 1):.1f}%) to meet {', '.join(map(str, judge.criteria))}; "
                  f"{judge.describe(result.scores)} after {len(built)} evaluations; ranked by {chosen} ("
@@ -236,7 +239,7 @@ def choose_calibration(quantizer: StaticQuantizer, judge: Judge,
         notes.append(f"calibration: switched from {quantizer.info.method} to {best.info.method}, chosen by the "
                      f"search because {quantizer.info.method} missed the target with every node in int8 "
                      f"(all nodes int8: {summary})" + ("; 16-bit fallback tensors keep the unclipped ranges"
-                                                       if quantizer.cfg.fallback == "int16" else ""))
+                                                       if quantizer.cfg.fallback != "float" else ""))
     return best, trail
 
 

@@ -64,7 +64,7 @@ def _static_search(model: onnx.ModelProto, quantizer, cfg: QuantizeConfig, ctx, 
         metric = load_metric(cfg.eval) if cfg.eval else None
         judge = Judge(quantizer.model, ctx.data, parse_target(cfg.target), metric)
         result = keep_accuracy(quantizer, judge, ctx.data, notes)
-        wide = cfg.fallback == "int16"
+        wide = cfg.fallback != "float"
         ctx.details["quantize"].update(kept_in_float=[] if wide else result.kept,
                                        kept_16bit=result.kept if wide else [],
                                        scores=result.scores, search=result.trail,
@@ -117,7 +117,7 @@ def _fidelity_bar(quantizer, ctx, notes: list[str]):
     except PassError as exc:
         notes.append(f"latency-aware: no mixed-precision candidate: {exc}")
         return judge, {}
-    keep = frozenset() if cfg.fallback == "int16" else frozenset(found.kept)
+    keep = frozenset() if cfg.fallback != "float" else frozenset(found.kept)
     return judge, {"mixed": Variant(found.model, keep)}
 
 

@@ -27,7 +27,7 @@ class SearchResult:
 
 
 def bisect_fallback(ranked: Sequence[str], build: Callable[[set[str]], onnx.ModelProto], judge: Judge,
-                    what: str, seen: dict | None = None) -> SearchResult:
+                    what: str, seen: dict | None = None, where: str = "in float") -> SearchResult:
     """Smallest k such that ``build(set(ranked[:k]))`` meets the judge's target. ``seen`` is shared by
     searches over several orders of the same nodes: they all try the empty and the full set, which
     are then built and scored once (only those two are kept: a model each)."""
@@ -52,7 +52,7 @@ def bisect_fallback(ranked: Sequence[str], build: Callable[[set[str]], onnx.Mode
         return SearchResult(model, [], scores, trail)
     best = attempt(len(ranked))
     if not best[2]:
-        raise PassError(f"{what}: the target is not met even with all {len(ranked)} candidate node(s) in float "
+        raise PassError(f"{what}: the target is not met even with all {len(ranked)} candidate node(s) {where} "
                         f"({judge.describe(best[1])})", "loosen the target or exclude other op types")
     lo, hi = 0, len(ranked)  # lo fails, hi holds
     while hi - lo > 1:

@@ -27,11 +27,13 @@ WIDE_WEIGHT = "s16"
 WEIGHTED = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1,), "MatMul": (1,)}
 
 
-def wide_overrides(model: onnx.ModelProto, nodes: Iterable[str], activation_type: str, ranges=None) -> dict:
+def wide_overrides(model: onnx.ModelProto, nodes: Iterable[str], activation_type: str, ranges=None, *,
+                   weights: bool = True) -> dict:
     """onnxruntime ``TensorQuantOverrides`` that make ``nodes`` 16-bit in a model whose default
     activation type is ``activation_type``; empty when ``nodes`` is empty. ``ranges`` (calibration
     ``TensorsData``), when given, set the 16-bit tensors' ranges (``rmin``/``rmax``): the 8-bit
-    ranges may be percentile-clipped, and 16 bits can afford the full range."""
+    ranges may be percentile-clipped, and 16 bits can afford the full range. ``weights=False``
+    widens the activations only (W8A16)."""
     from onnxruntime.quantization.execution_providers.qnn.mixed_precision_overrides_utils import (
         MixedPrecisionTensorQuantOverridesFixer,
     )
@@ -51,7 +53,7 @@ def wide_overrides(model: onnx.ModelProto, nodes: Iterable[str], activation_type
         for output in node.output:
             if output:
                 initial[output] = [{"quant_type": wide_act}]
-        for index in WEIGHTED.get(node.op_type, ()):
+        for index in WEIGHTED.get(node.op_type, ()) if weights else ():
             if len(node.input) > index and node.input[index] in inits:
                 initial[node.input[index]] = [{"quant_type": wide_weight}]
     helper = TensorQuantOverridesHelper(initial)

@@ -89,3 +89,28 @@ def test_search_orders_share_their_empty_and_full_attempts():
     assert first.kept == list("abc") and second.kept == list("edc")
     assert built.count(frozenset()) == 1 and built.count(frozenset("abcde")) == 1
     assert [row["kept_in_float"] for row in second.trail][:2] == [0, 5]  # the trail still shows them
+
+
+def test_a16w8_fallback_widens_activations_only(digits):
+    """fallback=a16w8 (QNN HTP's W8A16) moves the sensitive nodes' activations to u16 and leaves
+    every weight 8-bit; fallback=int16 makes their weights s16 as well."""
+    import numpy as np
+    import onnx
+
+    model, calib, _ = digits
+    found = {}
+    for fallback in ("a16w8", "int16"):
+        ctx = PassContext(data=calib)
+        out = Quantize(target="cosine>=0.99995", fallback=fallback, calib_size=32).apply(model, ctx)
+        onnx.checker.check_model(out)
+        details = ctx.details["quantize"]
+        assert details["kept_16bit"] and details["kept_in_float"] == []
+        inits = {t.name: t.data_type for t in out.graph.initializer}
+        weights = [inits[n.input[0]] for n in out.graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]] != 6]  # not int32
+        acts = {n.output[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+        found[fallback] = (set(weights), len(acts))
+        assert any("at 16-bit (u16 activations" in n for n in ctx.notes)
+    assert found["a16w8"][0] == {onnx.TensorProto.INT8}
+    assert onnx.TensorProto.INT16 in found["int16"][0]
+    assert np.all([found[f][1] > 0 for f in found])
