@@ -19,6 +19,7 @@ from typing import Any
 from onnxopt.profile.results import rel_ci
 
 MAX_OFF_TARGET = 50
+_REGISTERED: set[str] = set()  # plugin EPs registered in this process
 KERNEL_SUFFIX = "_kernel_time"
 
 
@@ -104,11 +105,14 @@ def plugin_devices(plugins: dict[str, str], names: list[str], allow_fallback: bo
     import onnxruntime as ort
 
     for name, module in plugins.items():
+        if name in _REGISTERED:  # onnxruntime refuses a second registration in one process
+            continue
         library = importlib.import_module(module).get_library_path()
         try:
             ort.register_execution_provider_library(name, library)
         except Exception as exc:  # onnxruntime raises its own Fail type; the message says what is wrong
             raise ProviderLost(f"onnxruntime could not load the {name} plugin ({library}): {exc}") from exc
+        _REGISTERED.add(name)
     found: dict[str, list] = {}
     for device in ort.get_ep_devices():
         found.setdefault(device.ep_name, []).append(device)

@@ -7,8 +7,8 @@ by the inverse of the inputs' second moment ``H = X^T X`` (the layer's output er
 ``(W - Q) H (W - Q)^T``). It needs calibration inputs and no training.
 
 Here it never changes onnxruntime's scales and zero points: onnxruntime quantizes as usual (static
-QDQ, or ``MatMulNBits`` blocks for int4), then :func:`refine_qdq` / :func:`refine_nbits` replace the
-integer codes with GPTQ's on the same grid. Every other part of the model (bias scales, fused
+QDQ, or ``MatMulNBits`` blocks for int4), then :meth:`Rounder.refine_qdq` / :meth:`Rounder.refine_nbits`
+replace the integer codes with GPTQ's on the same grid. Every other part of the model (bias scales, fused
 kernels, the file format) stays exactly what onnxruntime wrote.
 
 A conv is a matrix product over its im2col patches: weight rows are output channels, columns are
@@ -33,6 +33,7 @@ DAMPING = (0.01, 0.1, 1.0)  # of H's mean diagonal, added to its diagonal; chose
 #   rarely non-zero gets a tiny diagonal, and GPTQ dumps other columns' error on its weights
 #   (digits' head: codes moved by up to 81 steps). More damping pulls GPTQ towards nearest rounding.
 BLOCK = 128  # columns rounded before the rest of the matrix is updated (lazy batch updates)
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -114,7 +115,8 @@ def input_moments(model: onnx.ModelProto, data, wanted: Mapping[str, Layer], *, 
 
     if not wanted:
         return {}
-    inputs = {name: next(n.input[0] for n in model.graph.node if n.name == name) for name in wanted}
+    first_input = {n.name: n.input[0] for n in model.graph.node}
+    inputs = {name: first_input[name] for name in wanted}
     sums: dict[tuple[str, int], np.ndarray] = {}
     counts: dict[tuple[str, int], int] = {}
     rng = np.random.default_rng(seed)

@@ -8,7 +8,7 @@ import pytest
 import onnxopt
 from onnxopt.errors import ProviderUnavailableError
 from onnxopt.profile import get_profile
-from onnxopt.profile.measure import Item, measure, provider_chain
+from onnxopt.profile.measure import CPU, Item, measure, provider_chain
 from tests.conftest import DIGITS, DIGITS_EVAL
 from tests.profile.helpers import endless_loop, fast_profile
 
@@ -111,6 +111,17 @@ def test_a_plugin_ep_without_a_device_falls_back_only_when_allowed_and_says_so()
     if "WebGpuExecutionProvider" not in result.providers_used:  # no GPU here: the CPU device ran it
         assert result.fallback and "did not load WebGpuExecutionProvider" in result.fallback_note
         assert result.placement.nodes.get("CPUExecutionProvider", 0) > 0
+
+
+def test_a_plugin_is_registered_once_per_process():
+    """onnxruntime refuses a second registration; scoring on the target after a measurement (as
+    benchmarks/webgpu.py does per variant) must not trip over it."""
+    pytest.importorskip("onnxruntime_ep_webgpu")
+    from onnxopt.profile.child import plugin_devices
+
+    plugins, names = {"WebGpuExecutionProvider": "onnxruntime_ep_webgpu"}, ["WebGpuExecutionProvider", CPU]
+    first, second = (plugin_devices(plugins, names, allow_fallback=True) for _ in range(2))
+    assert len(first[CPU]) == len(second[CPU]) == 1
 
 
 def test_a_missing_plugin_package_is_named():
