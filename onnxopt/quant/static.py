@@ -67,13 +67,13 @@ class StaticQuantizer:
             self.notes.append(f"kept {len(self.excluded)} node(s) in float as asked (exclude)")
         if getattr(data, "synthetic", False):
             self.notes.append("WARNING: calibrated on SYNTHETIC random inputs; ranges may not fit real data")
-        budget = parse_size(cfg.calib_memory) if cfg.calib_memory else None
+        self.budget = parse_size(cfg.calib_memory) if cfg.calib_memory else None  # bytes; None: the default
         with workdir() as work, quiet():
             src = write_model(self.model, work / "float.onnx")
             self.ranges, self.info = calibrate(
                 src, data, input_specs(self.model), workdir=work, method=cfg.method, op_types=self.op_types,
                 samples=cfg.calib_size, percentile=cfg.percentile, symmetric=settings.symmetric_activations,
-                budget=budget, levels=self.levels())
+                budget=self.budget, levels=self.levels())
         self.notes.append(self.info.describe())
 
     def levels(self) -> int:
@@ -89,7 +89,7 @@ class StaticQuantizer:
             found = percentile_ranges(src, self.data, input_specs(self.model), percentiles, workdir=work,
                                       op_types=self.op_types, samples=self.cfg.calib_size,
                                       symmetric=self.settings.symmetric_activations,
-                                      budget=parse_size(self.cfg.calib_memory) if self.cfg.calib_memory else None)
+                                      budget=self.budget)
         clones = {}
         for percentile, ranges in found.items():
             clone = copy.copy(self)
@@ -144,10 +144,8 @@ class StaticQuantizer:
         from onnxopt.quant.gptq import Rounder
 
         if self._gptq["rounder"] is None:
-            names = self.quantizable()
-            budget = memory_budget(parse_size(self.cfg.calib_memory) if self.cfg.calib_memory else None)
-            self._gptq["rounder"] = Rounder(self.model, self.data, samples=self.cfg.calib_size, budget=budget,
-                                            names=names)
+            self._gptq["rounder"] = Rounder(self.model, self.data, samples=self.cfg.calib_size,
+                                            budget=memory_budget(self.budget), names=self.quantizable())
         symmetric, reduce = self.settings.symmetric_weights, self.cfg.reduce_range
         return self._gptq["rounder"].refine_qdq(
             quantized, lambda dtype: tuple(int(v) for v in get_qmin_qmax_for_qType(dtype, reduce, symmetric)))
