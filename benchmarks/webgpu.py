@@ -53,34 +53,28 @@ def model_and_data(name: str):
 
 
 def target_session(model, profile):
-    """A session on the profile's first provider, plugin EPs registered as the profiler does."""
+    """A session on the profile's provider chain, plugin EPs registered as the profiler does."""
     import onnxruntime as ort
 
-    from onnxopt.profile.child import plugin_devices
+    from onnxopt.profile.child import open_session, plugin_devices
     from onnxopt.profile.measure import provider_chain
 
     chain = provider_chain(profile)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     devices = plugin_devices(chain.plugins, chain.names, False)
-    if devices is None:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=chain.names,
-                                    provider_options=chain.options)
-    for name, opts in zip(chain.names, chain.options, strict=True):
-        if devices.get(name):
-            so.add_provider_for_devices(devices[name], opts)
-    return ort.InferenceSession(model.SerializeToString(), so)
+    return open_session(model.SerializeToString(), so, chain.names, chain.options, devices)
 
 
 def cosine_on_target(reference, candidate, data, profile) -> float:
+    from onnxopt.agreement import row_cosines
     from onnxopt.evaluate import run
 
     expected = next(iter(run(reference, data).values()))
     session = target_session(candidate, profile)
     feeds = list(data.feeds(onnxopt.model.input_specs(candidate), 1))
     got = np.concatenate([session.run(None, f)[0] for f in feeds])
-    a, b = expected.reshape(len(expected), -1).astype(np.float64), got.reshape(len(got), -1).astype(np.float64)
-    return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)))
+    return float(np.mean(row_cosines(expected, got)))
 
 
 def main() -> None:

@@ -20,8 +20,6 @@ from onnxopt.errors import DataError, MeasurementError
 TINY = np.finfo(np.float64).tiny
 
 
-
-
 def row_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """Cosine per sample (leading axis) of two same-shaped arrays."""
     samples = reference.shape[0] if reference.ndim else 1

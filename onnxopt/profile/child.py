@@ -56,13 +56,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         so.profile_file_prefix = str(Path(job["tmp"]) / f"placement{index}")
         before = peak_rss_mb()
         start = time.perf_counter()
-        if devices is None:
-            session = ort.InferenceSession(path, so, providers=names, provider_options=options)
-        else:  # plugin EPs are attached to devices; the order of the calls is the priority order
-            for name, opts in zip(names, options, strict=True):
-                if devices.get(name):
-                    so.add_provider_for_devices(devices[name], opts)
-            session = ort.InferenceSession(path, so)
+        session = open_session(path, so, names, options, devices)
         created = time.perf_counter() - start
         used = session.get_providers()
         lost = [n for n in names if n not in used]
@@ -91,6 +85,20 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         model["times"] = model_times
     return {"models": models, "target_reached": reached, "measure_s": elapsed, "peak_rss_mb": peak_rss_mb(),
             "onnxruntime_version": ort.__version__}
+
+
+def open_session(model, so, names: list[str], options: list[dict], devices: dict[str, list] | None):
+    """An onnxruntime session over ``model`` (path or bytes) on the provider chain; with plugin EPs
+    (``devices`` from :func:`plugin_devices`) each provider is attached to its device instead,
+    the order of the calls being the priority order."""
+    import onnxruntime as ort
+
+    if devices is None:
+        return ort.InferenceSession(model, so, providers=names, provider_options=options)
+    for name, opts in zip(names, options, strict=True):
+        if devices.get(name):
+            so.add_provider_for_devices(devices[name], opts)
+    return ort.InferenceSession(model, so)
 
 
 def plugin_devices(plugins: dict[str, str], names: list[str], allow_fallback: bool) -> dict[str, list] | None:
