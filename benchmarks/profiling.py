@@ -35,8 +35,8 @@ def bare_loop_ms(model, feed: dict, prof, seconds: float) -> float:
 def main() -> None:
     import onnxopt
     from onnxopt.model import load, parse_shapes
-    from onnxopt.profile import get_profile
-    from onnxopt.profile.profiler import _item
+    from onnxopt.profiling import get_profile
+    from onnxopt.profiling.profiler import _item
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/digits_cnn.onnx", help="a path, or zoo:NAME (onnxopt.zoo)")

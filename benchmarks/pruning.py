@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))  # tests/corpus_data.py, the text-page generator s
 from onnxopt.data import Dataset, load_data  # noqa: E402
 from onnxopt.evaluate import fidelity  # noqa: E402
 from onnxopt.model import fix_input_shapes  # noqa: E402
-from onnxopt.profile.compare import compare  # noqa: E402
-from onnxopt.profile.measure import Item  # noqa: E402
-from onnxopt.profile.profiles import get_profile  # noqa: E402
-from onnxopt.prune.pruner import PruneOptions, prune_model  # noqa: E402
+from onnxopt.passes.prune.pruner import PruneOptions, prune_model  # noqa: E402
+from onnxopt.profiling.compare import compare  # noqa: E402
+from onnxopt.profiling.measure import Item  # noqa: E402
+from onnxopt.profiling.profiles import get_profile  # noqa: E402
 from onnxopt.stats import model_stats  # noqa: E402
 from onnxopt.zoo import corpus  # noqa: E402
 from tests.corpus_data import cls_inputs, det_inputs  # noqa: E402

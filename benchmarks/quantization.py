@@ -25,9 +25,9 @@ from onnxopt.errors import OnnxOptError  # noqa: E402
 from onnxopt.evaluate import fidelity  # noqa: E402
 from onnxopt.model import fix_input_shapes  # noqa: E402
 from onnxopt.passes import PassContext  # noqa: E402
-from onnxopt.passes.quantize import Fp16, Quantize  # noqa: E402
-from onnxopt.quant.prepare import negative_dims_to_symbolic  # noqa: E402
-from onnxopt.quant.targets import mask_iou  # noqa: E402
+from onnxopt.passes.quant import Fp16, Quantize  # noqa: E402
+from onnxopt.passes.quant.prepare import negative_dims_to_symbolic  # noqa: E402
+from onnxopt.targets import mask_iou  # noqa: E402
 from onnxopt.zoo import corpus  # noqa: E402
 from tests.corpus_data import cls_inputs, det_inputs  # noqa: E402
 

@@ -27,8 +27,8 @@ from onnxopt.data import Dataset, load_data  # noqa: E402
 from onnxopt.errors import OnnxOptError  # noqa: E402
 from onnxopt.model import fix_input_shapes  # noqa: E402
 from onnxopt.passes import PassContext  # noqa: E402
-from onnxopt.passes.quantize import Fp16, Quantize  # noqa: E402
-from onnxopt.profile.profiles import get_profile  # noqa: E402
+from onnxopt.passes.quant import Fp16, Quantize  # noqa: E402
+from onnxopt.profiling.profiles import get_profile  # noqa: E402
 from onnxopt.zoo import corpus  # noqa: E402
 
 MODELS = ("digits", "ppocr_det", "ppocr_cls", "light_squeezenet", "light_resnet50")
@@ -56,8 +56,8 @@ def target_session(model, profile):
     """A session on the profile's provider chain, plugin EPs registered as the profiler does."""
     import onnxruntime as ort
 
-    from onnxopt.profile.child import open_session, plugin_devices
-    from onnxopt.profile.measure import provider_chain
+    from onnxopt.profiling.child import open_session, plugin_devices
+    from onnxopt.profiling.measure import provider_chain
 
     chain = provider_chain(profile)
     so = ort.SessionOptions()

@@ -24,7 +24,7 @@ _API = {
     "sensitivity": "onnxopt.api",
     "SensitivityReport": "onnxopt.api",
     "profile": "onnxopt.api",
-    "ProfileReport": "onnxopt.profile.profiler",
+    "ProfileReport": "onnxopt.profiling.profiler",
     "OptimizeResult": "onnxopt.api",
     "OptimizeReport": "onnxopt.api",
     "InspectReport": "onnxopt.api",

@@ -137,7 +137,7 @@ def optimize(
         raise ConfigError("give exactly one of passes or recipe", "e.g. passes='simplify'")
     pipeline = build(load_recipe(recipe) if recipe is not None else passes)
     if metric is not None:
-        from onnxopt.passes.quantize import use_metric
+        from onnxopt.passes.quant import use_metric
 
         pipeline = use_metric(pipeline, metric)
     source = load(model, shapes=shapes, opset=opset)
@@ -182,9 +182,9 @@ def profile(models: model_io.ModelSource | Sequence[model_io.ModelSource], *, pr
             shapes: Shapes | None = None, **options: Any):
     """Latency on a device profile (default ``cpu``); several models are measured interleaved with ratios.
 
-    Returns ``onnxopt.profile.profiler.ProfileReport``; options: batch_size, seed, timeout_s, emit_ort,
-    mobile_check, write_settings (see ``onnxopt.profile.profiler.profile``)."""
-    from onnxopt.profile.profiler import profile as run_profile
+    Returns ``onnxopt.profiling.profiler.ProfileReport``; options: batch_size, seed, timeout_s, emit_ort,
+    mobile_check, write_settings (see ``onnxopt.profiling.profiler.profile``)."""
+    from onnxopt.profiling.profiler import profile as run_profile
 
     return run_profile(models, profile=profile, data=data, shapes=shapes, **options)
 
@@ -218,7 +218,7 @@ def sensitivity(model: model_io.ModelSource, *, data: Any = None, ratios: Sequen
     (of the reference accuracy, for accuracy), ready for ``prune:overrides=...``; with ``macs_budget``
     (a fraction), also the per-group ratios that remove it at the least measured damage."""
     from onnxopt.evaluate import fidelity
-    from onnxopt.prune.sensitivity import curves, for_macs_budget, suggest
+    from onnxopt.passes.prune.sensitivity import curves, for_macs_budget, suggest
 
     source = load(model, shapes=shapes)
     dataset = _dataset(data if data is not None else "synthetic:n=8,seed=0", source, shapes, limit)

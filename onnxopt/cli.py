@@ -264,7 +264,7 @@ def profile_cmd(
 @app.command("profiles")
 def list_profiles(json_out: JsonOpt = False, debug: DebugOpt = False):
     """The device profiles (shipped and from $ONNXOPT_PROFILES) and their providers."""
-    from onnxopt.profile import get_profile, profiles
+    from onnxopt.profiling import get_profile, profiles
 
     rows = [get_profile(path).model_dump(mode="json", include={"name", "description", "providers", "accelerates"})
             for path in profiles().values()]

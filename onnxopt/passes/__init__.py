@@ -5,7 +5,7 @@ Importing this package registers the built-in passes; each module defers its hea
 """
 
 # imported for their @register side effect (each imports base directly, so order does not matter)
-from onnxopt.passes import prune, quantize, simplify  # noqa: F401
+from onnxopt.passes import prune, quant, simplify  # noqa: F401
 from onnxopt.passes.base import (
     Choice,
     Pass,

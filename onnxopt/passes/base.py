@@ -31,6 +31,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from onnxopt.errors import ConfigError, OnnxOptError, PassError
 from onnxopt.proto import skeleton
 from onnxopt.stats import ModelStats, model_stats
+from onnxopt.tunable import Choice, Range, Tunable  # noqa: F401  (re-exported: passes declare tunables here)
 
 
 def _split_list(value: Any) -> Any:
@@ -49,24 +50,6 @@ class PassConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@dataclass(frozen=True)
-class Choice:
-    """A tunable option that takes one of a few values."""
-
-    values: tuple
-
-
-@dataclass(frozen=True)
-class Range:
-    """A tunable numeric option in [low, high]; ``integer`` rounds, ``log`` searches on a log scale."""
-
-    low: float
-    high: float
-    integer: bool = False
-    log: bool = False
-
-
-Tunable = Choice | Range
 Progress = Callable[[str, float], None]
 
 
