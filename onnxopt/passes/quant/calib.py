@@ -1,7 +1,7 @@
 """Memory-bounded calibration over an ``onnxopt.data.Dataset``.
 
 onnxruntime's calibrators keep every intermediate output of every sample in memory before they
-reduce it (entropy calibration on PP-OCRv4 det was killed at ~19.7 GB). Both calibrator families
+reduce it, which can exhaust memory on a detection model. Both calibrator families
 can be fed in several rounds, though: MinMax merges ranges between ``collect_data`` calls and the
 histogram calibrators (entropy, percentile, distribution) merge histograms. So we measure what one
 sample's intermediate outputs weigh, feed the calibrator in chunks that fit the memory budget, and

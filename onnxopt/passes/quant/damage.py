@@ -3,11 +3,10 @@ weight's DQ) out of the all-int8 QDQ model at a time and see how much of the out
 
 Why not rank by SQNR alone (:func:`onnxopt.passes.quant.mixed.rank_nodes`)? SQNR says where the noise is
 large, not where it matters: noise in a squeeze-excite branch or before a saturating sigmoid barely
-reaches the output, while noise in the first blocks is amplified by everything after them. On
-PP-OCRv4 det (rendered text pages, 167 quantizable nodes, all int8: cosine 0.983) the measured
-order reaches 0.9947 with 77 nodes in float where the SQNR order reaches 0.9874; the costliest
-tensors sit in the first two blocks. Gains are measured one at a time and do not add up exactly,
-so :mod:`onnxopt.passes.quant.mixed` searches both orders.
+reaches the output, while noise in the first blocks is amplified by everything after them, so
+the measured order can reach a target with fewer nodes in float (docs/benchmarks.md). Gains are
+measured one at a time and do not add up exactly, so :mod:`onnxopt.passes.quant.mixed` searches
+both orders.
 
 A tensor stays quantized while its producer or any consumer is quantized (the QDQ quantizer puts
 Q -> DQ on both sides), so a measured tensor brings its producer and consumers into the fallback
@@ -53,8 +52,9 @@ def tensor_gains(float_model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: Sequ
     """Every quantized activation of ``qdq`` (and with ``weights`` every weight) with the error its
     rounding costs, largest first. ``reference`` holds ``float_model``'s outputs on ``feeds``.
 
-    Weights are off for the fallback order: measured one at a time they rank high (det's
-    p2o.Conv.3 weight: 0.001) yet the order with them needed 160 float nodes of 167, without 153."""
+    Weights are off for the fallback order: measured one at a time some rank high, yet on PP-OCR
+    det an order that includes them needed more nodes in float to meet the target
+    (docs/benchmarks.md)."""
     work = onnx.ModelProto()
     work.CopyFrom(qdq)
     candidates, folded = _candidates(float_model, work, weights=weights)

@@ -1,8 +1,8 @@
 """Dynamic quantization: int8 weights, activations quantized at run time (no calibration data).
 
 onnxruntime's CPU provider accelerates the MatMul family (``DynamicQuantizeMatMul``); ``Conv``
-becomes ``ConvInteger``, which is much slower than float Conv on x86 (0.2-0.4x measured on the
-corpus), so the default op types leave Conv in float. Ask for it with ``op_types=Conv|MatMul``.
+becomes ``ConvInteger``, which is much slower than float Conv on x86 CPUs, so the default op
+types leave Conv in float. Ask for it with ``op_types=Conv|MatMul``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def quantize_dynamic(model: onnx.ModelProto, cfg: QuantizeConfig, notes: list[st
     prepared = prepare(model, run_pre_process=cfg.pre_process)
     notes.extend(prepared.notes)
     work = prepared.model
-    weight = cfg.weight_type or "u8"  # u8 weights: 1.08x on ResNet-50; s8 saturates on AVX2 (0.3x)
+    weight = cfg.weight_type or "u8"  # s8 weights can saturate x86's u8 x s8 multiply-add and ran slower
     if weight not in ("u8", "s8"):
         raise _bad_type(weight)
     op_types = list(cfg.op_types) or list(DYNAMIC_OP_TYPES)

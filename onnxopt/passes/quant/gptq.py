@@ -31,7 +31,7 @@ ROWS_PER_SAMPLE = 4096  # input rows (conv output positions) drawn per sample: H
 DAMPING = (0.01, 0.1, 1.0)  # of H's mean diagonal, added to its diagonal; chosen per layer by
 #   cross-validation: 0.01 is GPTQ's usual, but with a few hundred calibration rows an input that is
 #   rarely non-zero gets a tiny diagonal, and GPTQ dumps other columns' error on its weights
-#   (digits' head: codes moved by up to 81 steps). More damping pulls GPTQ towards nearest rounding.
+#   (codes move many steps from the nearest). More damping pulls GPTQ towards nearest rounding.
 BLOCK = 128  # columns rounded before the rest of the matrix is updated (lazy batch updates)
 
 
@@ -211,7 +211,7 @@ def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
 def output_error(weight: np.ndarray, approx: np.ndarray, hessian: np.ndarray) -> float:
     """Layer output MSE ``tr((W - Q) H (W - Q)^T)`` summed over groups (weights as [g, rows, cols])."""
     diff = np.asarray(weight, np.float64) - np.asarray(approx, np.float64)
-    return float(np.sum(np.matmul(diff, hessian) * diff))  # einsum's three-operand path is 10x slower
+    return float(np.sum(np.matmul(diff, hessian) * diff))  # matmul: einsum's three-operand path is far slower
 
 
 @dataclass
@@ -255,8 +255,8 @@ def _choose(layer: Layer, w: np.ndarray, old: np.ndarray, scale: np.ndarray, zer
     """GPTQ codes (matrix layout) for one weight, with the damping (DAMPING) under which GPTQ fitted
     on the even samples does best on the odd ones. ``old`` (nearest rounding) when none beats it
     there, or when either half has fewer input rows than the weight has columns: GPTQ then fits the
-    calibration set's quirks (PP-OCR cls's squeeze-excite convs see one pooled row per sample, and
-    held-out lines lost up to 0.01 of output cosine to them). None when onnxruntime's codes are not
+    calibration set's quirks (squeeze-excite convs see one pooled row per sample, and fitting them
+    costs held-out fidelity). None when onnxruntime's codes are not
     the nearest rounding on the grid we read (our reading of its format is wrong: leave them)."""
     qmin, qmax = bounds
     matrix = layer.matrix(w).astype(np.float64)
@@ -302,8 +302,9 @@ class Rounder:
     Input moments are measured for batches of layers whose moments fit ``budget`` bytes (one
     streamed pass over the data each), used and dropped; only the codes are kept, by weight, scale
     and zero point, so re-quantizing with other nodes in float (the mixed-precision and
-    latency-aware searches) costs nothing. A layer whose moments alone exceed the budget (VGG's
-    25088-input head: 15 GB in float64) keeps nearest rounding and the report says so."""
+    latency-aware searches) costs nothing. A layer whose moments alone exceed the budget (a
+    classifier head with tens of thousands of inputs, as in VGG) keeps nearest rounding and the
+    report says so."""
 
     def __init__(self, float_model: onnx.ModelProto, data, *, samples: int, budget: int,
                  names: Iterable[str] | None = None):

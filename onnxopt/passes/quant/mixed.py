@@ -13,7 +13,7 @@
 Why not ``qdq_err`` (a tensor against its own Q->DQ round trip in the QDQ model)? The quantizer
 folds a Relu/Clip into the Conv before it and gives the Conv's output the Relu's tensor name, so
 for every such tensor ``pre_qdq`` is the pre-activation and ``post_qdq`` the clipped one: the
-"noise" is the negative half of the signal (~3 dB on digits). ``xmodel_err`` compares tensors
+"noise" is the negative half of the signal. ``xmodel_err`` compares tensors
 that mean the same thing in both models.
 
 The report lists every node kept in float with its output SQNR and the dB it loses, and the
@@ -39,7 +39,7 @@ from onnxopt.passes.quant.wide import wide_overrides
 from onnxopt.targets import Judge
 
 RANK_SAMPLES = 4
-# percentiles tried (PP-OCR det on text pages, all int8: minmax 0.979, 99.99 0.980, 99.9 0.983)
+# percentiles tried when the user's calibration misses the target: they clip long activation tails
 CLIPPINGS = (99.99, 99.9)
 MAX_DB = 100.0  # a graph input's SQNR when none was measured: above anything int8 reaches
 
@@ -143,8 +143,9 @@ def keep_accuracy(quantizer: StaticQuantizer, judge: Judge, data, notes: list[st
     groups = {s.node: s.members or (s.node,) for s in ranked}
     # nodes the SQNR could not rank (no matched or finite activation: PP-OCR cls's, det's hardswish
     # "x + 3" Adds) still join the order, or "all candidates in float" would leave them quantized
-    # (cls: cosine 0.989). They go after the nodes measured to lose dB and before those measured
-    # to lose none: last, det's 24 Adds held cosine at 0.995 with the other 258 groups in float
+    # and could miss the target. They go after the nodes measured to lose dB and before those
+    # measured to lose none: not last, since on det those Adds alone, quantized with every other
+    # node in float, kept the output short of a tight target
     covered = {m for members in groups.values() for m in members}
     for name in quantizer.quantizable():
         if name not in covered:
@@ -178,8 +179,8 @@ def keep_accuracy(quantizer: StaticQuantizer, judge: Judge, data, notes: list[st
         return quantizer.quantize(nodes)
 
     # both orders are searched and the smaller fallback kept: measured damage needs fewer float
-    # nodes where the error sits in a few tensors (det: 153 vs 159 of 167 at cosine 0.999; 77 float
-    # nodes reach 0.9947 against 0.9874), SQNR did better on ResNet-50's residual chains
+    # nodes where the error sits in a few tensors (PP-OCR det), SQNR can do better on long residual
+    # chains (ResNet-50); docs/benchmarks.md has both
     seen: dict = {}  # the orders share their all-int8 and all-float attempts
     where = {"int16": "at 16-bit (u16 activations, s16 weights)", "a16w8": "at 16-bit (u16 activations, 8-bit weights)",
              "float": "in float"}[fallback]
@@ -218,7 +219,7 @@ def choose_calibration(quantizer: StaticQuantizer, judge: Judge,
     """The user's calibration if it meets the target with every node in int8; otherwise whichever of
     it and the percentile clippings (:data:`CLIPPINGS`, one histogram pass) scores best that way.
 
-    Long-tailed activations (hardswish on PP-OCR det: ranges up to 139, most values in 0-3) waste
+    Long-tailed activations (hardswish: a wide range with most values near zero) waste
     the 8-bit grid on the tail under minmax; clipping the tail fixes most of the error for free, so
     fewer nodes must leave int8 afterwards."""
     scores = judge.score(quantizer.quantize())

@@ -167,8 +167,8 @@ def fold_for_quantization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list
     constant affine ops into the Convs around them, hardswish's four ops into
     ``x * HardSigmoid(x)`` (the HardSigmoid stays float, its [0, 1] output rounds finely).
 
-    On PP-OCRv4 det: 167 quantizable nodes instead of 294, and a better all-int8 cosine
-    (see the README)."""
+    Fewer rounded tensors means less quantization error and fewer quantize/dequantize steps
+    between the convs."""
     from onnxopt.passes.fold import fold_affine, fold_into_consumers, fuse_hardswish
     from onnxopt.passes.graph import to_graph, to_model
 

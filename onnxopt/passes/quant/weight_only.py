@@ -8,8 +8,8 @@
   which needs ``--calib``). It only handles MatMul, so Gemm with a constant weight is first
   rewritten as MatMul + Add (the classifier heads of CNNs are Gemms). onnxruntime's own GPTQ is
   not used: it imports torch for every calibration array; with that worked around, its symmetric
-  mode came out worse than RTN on digits (cosine 0.994 vs 0.998) and its asymmetric mode failed on
-  the 10-output head ("cannot reshape array of size 5 into shape (10,newaxis)").
+  mode scored below RTN on the digits model and its asymmetric mode failed on the 10-output head
+  ("cannot reshape array of size 5 into shape (10,newaxis)").
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """16-bit "wide" quantization for the sensitive nodes of an otherwise 8-bit QDQ model.
 
-Keeping a node in float is not the only fallback: on PP-OCRv4 det (measured, 1x3x320x320,
-rendered text pages) u8 activations everywhere give output cosine 0.981, u16 activations with s8
-weights 0.9987 (0.9997 with GPTQ rounding), u16 with s16 0.9999, and u8 with s16 0.979: the error
-is in the 8-bit activations, and at 0.999 the nearest-rounded s8 weights matter too. So a sensitive
-node can be made "wide" instead of float: its output activations become u16, and its weights s16
+Keeping a node in float is not the only fallback. Where a model's 8-bit error is in its
+activations (PP-OCRv4 det: widening the activations helps far more than widening the weights,
+docs/benchmarks.md), and near-lossless targets make nearest-rounded 8-bit weights matter too, a
+sensitive node can be made "wide" instead of float: its output activations become u16, and its weights s16
 (``fallback=int16``) or left 8-bit (``fallback=a16w8``), through onnxruntime's per-tensor
 ``TensorQuantOverrides``. onnxruntime's ``MixedPrecisionTensorQuantOverridesFixer`` then adds the
 u8 <-> u16 conversions at the region's edges, so no type mismatch reaches the model.
