@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 # optimize the shipped digits model (fold BN, prune half the MACs in multiples of 8 channels with
 # least-squares recovery, quantize only if int8 is measured faster), report size, MACs and
 # fidelity on held-out samples, then measure both models interleaved on the one-core CPU profile
-DEMO_PASSES := simplify,prune:target_macs=0.5,strategy=sensitivity,round_to=8,calib_samples=150,quantize:mode=static,latency_aware=true
+DEMO_PASSES := simplify,prune:target_macs=0.5,strategy=sensitivity,round_to=8,calib_size=150,quantize:mode=static,latency_aware=true
 demo: $(STAMP)
 	mkdir -p out
 	$(VENV)/bin/onnxopt optimize models/digits_cnn.onnx -o out/digits_cnn.opt.onnx \

@@ -14,6 +14,21 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# The layer order, lowest first; each layer lists the module prefixes it owns (the longest prefix
+# wins; bare "onnxopt" is only the package itself). A module imports its own layer or lower ones:
+# tests/test_layers.py reads every import and checks it, and finds import cycles.
+LAYERS: dict[str, tuple[str, ...]] = {
+    "core": tuple(f"onnxopt.{m}" for m in ("errors", "proto", "model", "images", "data", "stats", "runtime",
+                                           "agreement", "tunable", "targets", "zoo")),
+    "passes": ("onnxopt.passes",),
+    "evaluate": ("onnxopt.evaluate",),
+    "profiling": ("onnxopt.profiling",),
+    "tune": ("onnxopt.tuning",),
+    "batch": ("onnxopt.batch", "onnxopt.executors"),
+    "api": ("onnxopt.api", "onnxopt"),
+    "cli": ("onnxopt.cli",),
+}
+
 _API = {
     "load": "onnxopt.api",
     "save": "onnxopt.api",

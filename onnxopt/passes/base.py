@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import onnx
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
 from onnxopt.errors import ConfigError, OnnxOptError, PassError
 from onnxopt.proto import skeleton
@@ -45,9 +47,37 @@ StrList = Annotated[tuple[str, ...], BeforeValidator(_split_list)]
 
 
 class PassConfig(BaseModel):
-    """Base of every pass config: frozen, and unknown keys are errors."""
+    """Base of every pass config: frozen, and unknown keys are errors.
+
+    ``aliases`` maps an option's old name to its new one, or to ``(new name, function turning the old
+    value into the new one)``: recipes and ``--passes`` specs written with the old name keep working,
+    with a ``FutureWarning`` naming the new one.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    aliases: ClassVar[dict[str, str | tuple[str, Callable[[Any], Any]]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_options(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or not cls.aliases or not set(cls.aliases) & set(data):
+            return data
+        data = dict(data)
+        for old, spec in cls.aliases.items():
+            if old in data:
+                new, convert = (spec, None) if isinstance(spec, str) else spec
+                if new in data:
+                    raise ValueError(f"{old!r} is the old name of {new!r}: give only {new!r}")
+                value = data.pop(old)
+                data[new] = convert(value) if convert is not None else value
+                warnings.warn(f"option {old!r} is deprecated: write {new!r} (as {new}={data[new]!r})",
+                              FutureWarning, stacklevel=2)
+        return data
+
+    @classmethod
+    def deprecated_options(cls) -> dict[str, str]:
+        """Old option name -> the name that replaced it."""
+        return {old: spec if isinstance(spec, str) else spec[0] for old, spec in cls.aliases.items()}
 
 
 Progress = Callable[[str, float], None]
@@ -103,17 +133,73 @@ class Pass:
     def options(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
 
+    @classmethod
+    def describe(cls) -> PassInfo:
+        """What ``onnxopt passes`` and the tuner show: summary, options (type, default, tunable range)
+        and the deprecated option names still accepted."""
+        options = [OptionInfo(name=key, type=_type_name(f.annotation), default=f.default,
+                              tunable=_tunable_text(cls.tunable[key]) if key in cls.tunable else None)
+                   for key, f in cls.Config.model_fields.items()]
+        return PassInfo(name=cls.name, summary=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+                        options=options, deprecated=cls.Config.deprecated_options())
+
     def __repr__(self) -> str:
         opts = ",".join(f"{k}={v}" for k, v in self.options().items())
         return f"{self.name}:{opts}" if opts else self.name
 
 
+class OptionInfo(BaseModel):
+    """One option of a pass: its type, default, and the tuner's range when it is tunable."""
+
+    name: str
+    type: str
+    default: Any
+    tunable: str | None = None  # e.g. "one of 1, 4, 8, 16" or "0.0 to 0.7"
+
+
+class PassInfo(BaseModel):
+    """A registered pass described: name, one-line summary, options, deprecated option names."""
+
+    name: str
+    summary: str
+    options: list[OptionInfo]
+    deprecated: dict[str, str] = {}  # old option name -> the name to write instead
+
+
+def _type_name(annotation: Any) -> str:
+    """A short type for people: ``qdq|qoperator or None`` rather than ``Optional[Literal[...]]``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return "|".join(str(v) for v in args)
+    if origin in (Union, UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    if origin is tuple:  # StrList: "a|b|c" on the command line, an array in a recipe
+        return "list (a|b|c)"
+    if origin is None and isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _tunable_text(spec: Tunable) -> str:
+    if isinstance(spec, Choice):
+        return "one of " + ", ".join(str(v) for v in spec.values)
+    scale = ", log scale" if spec.log else ""
+    return f"{'integers ' if spec.integer else ''}{spec.low} to {spec.high}{scale}"
+
+
 def make_config(pass_name: str, config_cls: type[PassConfig], options: Mapping[str, Any]) -> PassConfig:
     """Validate options into a config; errors name the pass, the option and the valid options."""
     valid = ", ".join(config_cls.model_fields) or "(none)"
-    unknown = [k for k in options if k not in config_cls.model_fields]
+    renamed = config_cls.deprecated_options()
+    unknown = [k for k in options if k not in config_cls.model_fields and k not in renamed]
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r} for pass {pass_name!r}", f"valid options: {valid}")
+    both = [old for old, new in renamed.items() if old in options and new in options]
+    if both:
+        raise ConfigError(f"pass {pass_name!r}: {both[0]!r} is the old name of {renamed[both[0]]!r}",
+                          f"give only {renamed[both[0]]!r}")
     try:
         return config_cls(**options)
     except ValidationError as exc:
@@ -144,8 +230,8 @@ def register(cls: type[Pass]) -> type[Pass]:
 
 
 def registered() -> dict[str, type[Pass]]:
-    from onnxopt import passes  # noqa: F401  (importing the package registers the built-in passes)
-
+    """The passes by name. The built-in ones are all here: importing this module first runs the
+    ``onnxopt.passes`` package, which imports every pass family."""
     return dict(sorted(_REGISTRY.items()))
 
 

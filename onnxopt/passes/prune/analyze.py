@@ -15,9 +15,8 @@ import onnx
 
 from onnxopt.model import fix_input_shapes, infer_shapes, input_specs
 from onnxopt.passes.graph import to_graph
-from onnxopt.passes.prune import handlers_shape  # noqa: F401  (registers the shape handlers)
-from onnxopt.passes.prune.groups import Analysis, Group, build_groups
-from onnxopt.passes.prune.handlers import HANDLERS, unknown
+from onnxopt.passes.prune import handlers, handlers_shape  # noqa: F401  (importing them registers the handlers)
+from onnxopt.passes.prune.groups import HANDLERS, Analysis, Group, build_groups, unknown
 from onnxopt.stats import layer_costs
 
 

@@ -1,6 +1,7 @@
 """Cutting: turn a set of removed classes into sliced constants, fixed attributes and a new model.
 
-Steps, in order: (1) a :class:`Plan` says for every atom whether it survives; (2) classes whose
+Steps, in order: (1) a :class:`Plan` says for every atom whether it survives (and
+:func:`estimate_macs` what the model would cost); (2) classes whose
 removal would leave some tensor with no channels are put back (``guard``); (3) every recorded
 ``ConstCut`` slices its constant (new constants: weights may be shared by nodes we do not cut);
 (4) fix-ups rewrite Reshape targets, Split sizes, Slice bounds and group counts; (5) stale
@@ -30,6 +31,20 @@ class Plan:
 
     def kept(self, vec: np.ndarray) -> np.ndarray:
         return np.nonzero(self.mask(np.asarray(vec).reshape(-1)))[0]
+
+
+def estimate_macs(result: Result, removed: set[int]) -> int:
+    """MACs after removing ``removed``: each layer scales by its kept input and output fractions."""
+    plan = Plan(result, removed)
+    total = 0
+    for mac in result.an.macs:
+        macs = result.node_macs.get(mac.node.name or mac.node.outputs[0].name, 0)
+        out_frac = plan.kept(mac.out_atoms).size / mac.out_atoms.size if mac.out_atoms is not None else 1.0
+        in_frac = plan.kept(mac.in_atoms).size / mac.in_atoms.size if mac.in_atoms is not None else 1.0
+        total += macs * (out_frac if mac.depthwise else out_frac * in_frac)
+    untouched = sum(result.node_macs.values()) - sum(
+        result.node_macs.get(m.node.name or m.node.outputs[0].name, 0) for m in result.an.macs)
+    return int(total + untouched)
 
 
 def guard(result: Result, removed: set[int]) -> set[int]:

@@ -4,11 +4,12 @@ Every output channel of a producer (Conv, ConvTranspose, Gemm/MatMul with consta
 an *atom*. Each channel-carrying tensor gets an *atom array*: an integer array with the tensor's
 rank whose non-channel axes have size 1 and whose entries name the atom living at that position
 (``FIXED`` = -1 for positions that can never be removed, e.g. channels that came from a graph
-input). Per-op handlers (``handlers.py``) compute output atom arrays from input ones, in graph
-order: an element-wise Add unifies the atoms of its two inputs (union-find), Concat concatenates
-arrays, Slice/Split cut segments, Flatten repeats each channel over its H*W block, a channel
-shuffle permutes. Atoms that end up in one union-find set form a *class*: one unit of removal.
-Producers sharing classes form a *group* (the report's unit).
+input). Per-op handlers (``handlers.py``, ``handlers_shape.py``; registered here by op type with
+:func:`handles`) compute output atom arrays from input ones, in graph order: an element-wise Add
+unifies the atoms of its two inputs (union-find), Concat concatenates arrays, Slice/Split cut
+segments, Flatten repeats each channel over its H*W block, a channel shuffle permutes. Atoms that
+end up in one union-find set form a *class*: one unit of removal. Producers sharing classes form
+a *group* (the report's unit).
 
 Anything a handler cannot prove safe *pins* the atoms it sees, with a reason: pinned classes are
 never removed. Handlers also record :class:`ConstCut` (slice this constant input of this node
@@ -161,6 +162,42 @@ class Analysis:
     def pin_inputs(self, node, reason: str) -> None:
         for tensor in node.inputs:
             self.pin(tensor, reason)
+
+    @property
+    def opset(self) -> int:
+        """The default-domain opset handlers read attribute defaults by (13 when the graph says none)."""
+        return int(self.graph.opset or 13)
+
+
+# ---------------------------------------------------------------- the handler registry
+# here, below both handler modules, so each registers itself without importing the other
+
+Handler = Callable[[Any, Analysis], None]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(*ops: str) -> Callable[[Handler], Handler]:
+    """Register a handler for op types; registering an op type twice is an error."""
+
+    def deco(fn: Handler) -> Handler:
+        for op in ops:
+            if op in HANDLERS:
+                raise ValueError(f"op {op!r} already has a pruning handler ({HANDLERS[op].__name__})")
+            HANDLERS[op] = fn
+        return fn
+
+    return deco
+
+
+def unknown(node, an: Analysis) -> None:
+    """The handler of an op type nobody registered: its channel-carrying inputs are pinned."""
+    if any(an.get(t) is not None for t in node.inputs):
+        an.pin_inputs(node, f"{node.op} is not known to the analysis")
+
+
+def is_empty(tensor) -> bool:
+    """An omitted optional input (graphsurgeon gives it an empty name)."""
+    return tensor is None or not tensor.name
 
 
 def channel_axes(arr: np.ndarray) -> list[int]:

@@ -1,46 +1,18 @@
 """Per-op handlers: how channels flow through one op type, and how to cut it.
 
 A handler is a function ``(node, an: Analysis) -> None`` registered for op types with
-:func:`handles`; it reads input atom arrays (``an.get``), sets output ones (``an.set``), ties
+:func:`groups.handles`; it reads input atom arrays (``an.get``), sets output ones (``an.set``), ties
 channels (``an.union_arrays``), records the constant slices and fix-ups a cut needs, and pins what
-it cannot prove safe. An op type without a handler pins its inputs (``unknown``): a new op is one
+it cannot prove safe. An op type without a handler pins its inputs (``groups.unknown``): a new op is one
 handler, one registration, one test. Shape-like ops live in ``handlers_shape.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from onnxopt.passes.graph import const_value
-from onnxopt.passes.prune.groups import Analysis, ConstCut, MacNode, along, channel_axes, vector
-
-Handler = Callable[[object, Analysis], None]
-HANDLERS: dict[str, Handler] = {}
-
-
-def handles(*ops: str) -> Callable[[Handler], Handler]:
-    """Register a handler for op types; registering an op type twice is an error."""
-
-    def deco(fn: Handler) -> Handler:
-        for op in ops:
-            if op in HANDLERS:
-                raise ValueError(f"op {op!r} already has a pruning handler ({HANDLERS[op].__name__})")
-            HANDLERS[op] = fn
-        return fn
-
-    return deco
-
-
-def unknown(node, an: Analysis) -> None:
-    if any(an.get(t) is not None for t in node.inputs):
-        an.pin_inputs(node, f"{node.op} is not known to the analysis")
-
-
-def _is_empty(tensor) -> bool:
-    return tensor is None or not tensor.name
-
+from onnxopt.passes.prune.groups import Analysis, ConstCut, MacNode, along, channel_axes, handles, is_empty, vector
 
 # ---------------------------------------------------------------- element-wise and broadcasting
 
@@ -60,7 +32,7 @@ def elementwise(node, an: Analysis) -> None:
     normalizer, an approximation of the same kind as pruning itself). Channel-carrying inputs
     are tied position by position; per-channel constants are sliced; other inputs must broadcast
     along every channel axis."""
-    inputs = [t for t in node.inputs if not _is_empty(t)]
+    inputs = [t for t in node.inputs if not is_empty(t)]
     arrays = [an.get(t) for t in inputs]
     if all(a is None for a in arrays):
         return
@@ -76,7 +48,7 @@ def elementwise(node, an: Analysis) -> None:
         result = an.union_arrays(result, other, node)
     axes = channel_axes(result)
     for index, (tensor, arr) in enumerate(zip(node.inputs, _by_input(node, padded), strict=True)):
-        if arr is not None or _is_empty(tensor):
+        if arr is not None or is_empty(tensor):
             continue
         if not _slice_broadcast_input(node, index, tensor, result, axes, rank, an):
             return an.pin_inputs(node, f"{node.op} {node.name!r}: input {tensor.name!r} has channels it cannot cut")
@@ -88,7 +60,7 @@ def elementwise(node, an: Analysis) -> None:
 def _by_input(node, padded: list) -> list:
     """Padded arrays re-aligned with ``node.inputs`` (empty optional inputs got no entry)."""
     values = iter(padded)
-    return [None if _is_empty(t) else next(values) for t in node.inputs]
+    return [None if is_empty(t) else next(values) for t in node.inputs]
 
 
 def _slice_broadcast_input(node, index: int, tensor, result: np.ndarray, axes: list[int], rank: int,
@@ -155,7 +127,7 @@ def conv(node, an: Analysis) -> None:
         return an.pin_inputs(node, f"Conv {node.name!r}: channels not on axis 1")
     group = int(node.attrs.get("group", 1))
     c_out, per_group = weight.shape[0], weight.shape[1]
-    has_bias = len(node.inputs) > 2 and not _is_empty(node.inputs[2])
+    has_bias = len(node.inputs) > 2 and not is_empty(node.inputs[2])
     if has_bias and const_value(node.inputs[2]) is None:
         an.pin_inputs(node, f"Conv {node.name!r}: bias not constant")
         return
@@ -191,7 +163,7 @@ def conv_transpose(node, an: Analysis) -> None:
     arr = an.get(node.inputs[0])
     rank = an.rank(node.outputs[0])
     group = int(node.attrs.get("group", 1))
-    has_bias = len(node.inputs) > 2 and not _is_empty(node.inputs[2])
+    has_bias = len(node.inputs) > 2 and not is_empty(node.inputs[2])
     if weight is None or rank is None or group != 1 or (has_bias and const_value(node.inputs[2]) is None):
         return an.pin_inputs(node, f"ConvTranspose {node.name!r}: grouped, or weights not constant")
     in_vec = None if arr is None else vector(arr, 1)
@@ -213,7 +185,7 @@ def gemm(node, an: Analysis) -> None:
     weight = const_value(node.inputs[1])
     arr = an.get(node.inputs[0])
     trans_a, trans_b = int(node.attrs.get("transA", 0)), int(node.attrs.get("transB", 0))
-    has_bias = len(node.inputs) > 2 and not _is_empty(node.inputs[2])
+    has_bias = len(node.inputs) > 2 and not is_empty(node.inputs[2])
     bias = const_value(node.inputs[2]) if has_bias else None
     if weight is None or weight.ndim != 2 or (has_bias and bias is None):
         return an.pin_inputs(node, f"Gemm {node.name!r}: weights not constant")
@@ -274,14 +246,12 @@ def reduce_like(node, an: Analysis) -> None:
 
 def _reduced_axes(node, rank: int, an: Analysis) -> list[int] | None:
     if node.op in ("Softmax", "LogSoftmax", "Hardmax"):
-        from onnxopt.passes.prune.handlers_shape import opset
-
-        axis = int(node.attrs.get("axis", -1 if opset(an) >= 13 else 1)) % rank
-        return [axis] if opset(an) >= 13 else list(range(axis, rank))
+        axis = int(node.attrs.get("axis", -1 if an.opset >= 13 else 1)) % rank
+        return [axis] if an.opset >= 13 else list(range(axis, rank))
     if node.op in ("ArgMax", "ArgMin"):
         return [int(node.attrs.get("axis", 0)) % rank]
     axes = node.attrs.get("axes")
-    if axes is None and len(node.inputs) > 1 and not _is_empty(node.inputs[1]):
+    if axes is None and len(node.inputs) > 1 and not is_empty(node.inputs[1]):
         value = const_value(node.inputs[1])
         axes = None if value is None else value.reshape(-1).tolist()
     if axes is None:

@@ -13,12 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.passes.graph import const_value
-from onnxopt.passes.prune.groups import FIXED, Analysis, channel_axes
-from onnxopt.passes.prune.handlers import _is_empty, handles
-
-
-def opset(an: Analysis) -> int:
-    return int(an.graph.opset or 13)
+from onnxopt.passes.prune.groups import FIXED, Analysis, channel_axes, handles, is_empty
 
 
 def _new_const(an: Analysis, stem: str, value: np.ndarray):
@@ -87,9 +82,9 @@ def split(node, an: Analysis) -> None:
         new = np.array([plan.mask(seg).any(axis=tuple(i for i in range(seg.ndim) if i != axis)).sum()
                         for seg in segments], dtype=np.int64)
         node.attrs.pop("num_outputs", None)
-        if opset(an) < 13:
+        if an.opset < 13:
             node.attrs["split"] = [int(v) for v in new]
-        elif len(node.inputs) > 1 and not _is_empty(node.inputs[1]):
+        elif len(node.inputs) > 1 and not is_empty(node.inputs[1]):
             node.inputs[1] = _new_const(an, f"{node.name}_split", new)
         else:
             node.inputs.append(_new_const(an, f"{node.name}_split", new))
@@ -98,14 +93,14 @@ def split(node, an: Analysis) -> None:
 
 
 def _slice_params(node, an: Analysis) -> tuple | None:
-    if opset(an) < 10:
+    if an.opset < 10:
         starts, ends = node.attrs.get("starts"), node.attrs.get("ends")
         axes, steps = node.attrs.get("axes"), None
         return None if starts is None or ends is None else (list(starts), list(ends), axes, steps)
-    values = [None if i >= len(node.inputs) or _is_empty(node.inputs[i]) else const_value(node.inputs[i])
+    values = [None if i >= len(node.inputs) or is_empty(node.inputs[i]) else const_value(node.inputs[i])
               for i in range(1, 5)]
     for i, v in enumerate(values):
-        present = i + 1 < len(node.inputs) and not _is_empty(node.inputs[i + 1])
+        present = i + 1 < len(node.inputs) and not is_empty(node.inputs[i + 1])
         if present and v is None:
             return None
     starts, ends, axes, steps = (None if v is None else v.reshape(-1).tolist() for v in values)
@@ -144,7 +139,7 @@ def _fix_slice(node, an: Analysis, arr: np.ndarray, touched: list, plan) -> None
         kept = plan.mask(arr).any(axis=tuple(i for i in range(arr.ndim) if i != axis))
         starts[k] = int(kept[:lo].sum())
         ends[k] = starts[k] + int(kept[lo:hi].sum())
-    if opset(an) < 10:
+    if an.opset < 10:
         node.attrs["starts"], node.attrs["ends"] = starts, ends
     else:
         node.inputs[1] = _new_const(an, f"{node.name}_starts", np.array(starts, dtype=np.int64))
@@ -248,12 +243,12 @@ def resize(node, an: Analysis) -> None:
     if arr is None:
         return
     axes = channel_axes(arr)
-    scales_at = 1 if (node.op == "Upsample" or opset(an) < 11) else 2
+    scales_at = 1 if (node.op == "Upsample" or an.opset < 11) else 2
     scales = node.attrs.get("scales")
-    if scales is None and scales_at < len(node.inputs) and not _is_empty(node.inputs[scales_at]):
+    if scales is None and scales_at < len(node.inputs) and not is_empty(node.inputs[scales_at]):
         value = const_value(node.inputs[scales_at])
         scales = None if value is None else value.reshape(-1).tolist()
-    sizes_in = node.inputs[3] if node.op == "Resize" and len(node.inputs) > 3 and not _is_empty(node.inputs[3]) \
+    sizes_in = node.inputs[3] if node.op == "Resize" and len(node.inputs) > 3 and not is_empty(node.inputs[3]) \
         else None
     if node.attrs.get("axes") is not None:
         return an.pin_inputs(node, f"Resize {node.name!r}: axes attribute not supported")
@@ -283,7 +278,7 @@ def pad(node, an: Analysis) -> None:
     if pads is None and len(node.inputs) > 1:
         value = const_value(node.inputs[1])
         pads = None if value is None else value.reshape(-1).tolist()
-    has_axes = len(node.inputs) > 3 and not _is_empty(node.inputs[3])
+    has_axes = len(node.inputs) > 3 and not is_empty(node.inputs[3])
     if pads is None or has_axes:
         return an.pin_inputs(node, f"Pad {node.name!r}: pads not constant")
     rank = arr.ndim

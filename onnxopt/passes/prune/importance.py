@@ -118,7 +118,8 @@ def variance(result: Result, data: object) -> Scores:
 
 
 def resolve_criterion(criterion: str, data: object) -> str:
-    """``auto``: ``variance`` when calibration data is given (best on every corpus model measured), else ``l2``."""
+    """``auto``: ``variance`` when calibration data is given (it scores what a cut costs after the
+    mean shift moves into the bias), else ``l2``."""
     return criterion if criterion != "auto" else ("variance" if data is not None else "l2")
 
 

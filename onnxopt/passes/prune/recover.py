@@ -20,7 +20,7 @@ from onnxopt.passes.im2col import conv_patches
 from onnxopt.passes.prune.activations import stream
 
 MAX_FEATURES = 8192  # wider layers (VGG's 25088-wide FC) are left as cut: their normal matrix is too big
-RIDGE = 0.1  # relative to the mean diagonal; chosen on a validation split of the digits calibration set
+RIDGE = 0.1  # relative to the mean diagonal: keeps the normal matrix well conditioned on few samples
 
 
 def _layers(pruned_graph, original_graph, downstream: bool = False) -> list:

@@ -19,13 +19,13 @@ import onnx
 
 from onnxopt.errors import ConfigError
 from onnxopt.passes.prune.analyze import Result, analyze
-from onnxopt.passes.prune.apply import cut, guard, kept_outputs
+from onnxopt.passes.prune.apply import cut, estimate_macs, guard, kept_channels, kept_outputs
 from onnxopt.passes.prune.importance import class_scores
 from onnxopt.passes.prune.ratios import Budget, choose, matches, parse_overrides
 
 ALLOCATION_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 ALLOCATION_SAMPLES = 4  # calibration samples each point is scored on
-ALLOCATION_REFIT_SAMPLES = 8  # and re-fitted on: ~1.2 s per point on PP-OCR det at 320x320, 288 points
+ALLOCATION_REFIT_SAMPLES = 8  # and re-fitted on: few, since every point of every group runs a re-fit
 
 
 @dataclass
@@ -68,8 +68,6 @@ def _points(model, shapes, gid: int, ratios: Sequence[float], budget: Budget, sc
     cut consumers are also re-fitted (one run of the unpruned model: fitted on its kept inputs)."""
     from dataclasses import replace
 
-    from onnxopt.passes.prune.apply import kept_channels
-    from onnxopt.passes.prune.pruner import estimate_macs
     from onnxopt.passes.prune.recover import recover
     from onnxopt.passes.prune.shift import apply_shifts, mean_shifts
 
@@ -127,7 +125,6 @@ def allocate(result: Result, scores: dict[int, float], budget: Budget, model: on
     form the pool. Damage is ``1 - score`` of each group pruned alone (output cosine on
     :data:`ALLOCATION_SAMPLES` calibration samples, mean shift compensated and, with ``refit``, its
     consumers re-fitted on :data:`ALLOCATION_REFIT_SAMPLES`), taken as additive."""
-    from onnxopt.passes.prune.pruner import estimate_macs
     from onnxopt.passes.prune.recover import output_cosine, reference_outputs
 
     if calib is None:

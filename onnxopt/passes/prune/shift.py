@@ -4,8 +4,8 @@ Removing input channel ``c`` of a layer drops ``W[:, c] * x_c`` from every outpu
 ``W[:, c] * E[x_c]`` (summed over the kernel), is one constant per output channel, so adding it to
 the layer's bias leaves only the channel's fluctuation as error: exact for a constant channel, the
 common case after BN + hard-swish, where a pruned channel's output saturates to its bias. Without
-it a detector's logits all move together: a PP-OCR det group cut at 0.3 scored cosine 0.09 with
-a sigmoid map pushed to zero. Means come from the unpruned model on calibration data
+it every output that reads the cut channel moves by the same offset (a detector's logits shift
+together and its sigmoid map drifts to zero or one). Means come from the unpruned model on calibration data
 (:class:`onnxopt.passes.prune.activations.Calibration`). It is free — no fitting — so it runs before every
 re-fit and inside each sensitivity point.
 

@@ -22,13 +22,21 @@ DEFAULT_BLOCK = ("Range", "NonMaxSuppression", "TopK", "RoiAlign", "Resize", "Up
                  "RandomNormalLike", "RandomUniformLike", "Multinomial", "Einsum")
 
 
+def _cosine_target(min_cosine: float | str) -> str:
+    return f"cosine>={float(min_cosine)}"
+
+
 class Fp16Config(PassConfig):
+    """Options of ``fp16``; ``min_cosine=X`` is the old way to write ``target=cosine>=X`` (still accepted)."""
+
+    aliases = {"min_cosine": ("target", _cosine_target)}
+
     keep_io_types: bool = True
     block_ops: StrList = DEFAULT_BLOCK
     block_nodes: StrList = ()
-    min_cosine: float = 0.99  # refuse (or, with auto, fall back) below this output cosine
     auto: bool = False
-    target: str | None = None  # with auto: e.g. "cosine>=0.999"; default min_cosine
+    # refuse (or, with auto, keep more nodes in fp32) when the outputs miss this, e.g. "cosine>=0.999"
+    target: str = "cosine>=0.99"
 
 
 def out_of_range_nodes(model: onnx.ModelProto) -> dict[str, float]:
@@ -148,7 +156,7 @@ def to_fp16(model: onnx.ModelProto, cfg: Fp16Config, data, shapes, notes: list[s
     from onnxopt.errors import PassError
     from onnxopt.passes.quant.prepare import constants_to_initializers, refuse_if_quantized
     from onnxopt.passes.quant.search import bisect_fallback
-    from onnxopt.targets import Criterion, Judge, parse_target
+    from onnxopt.targets import Judge, parse_target
 
     refuse_if_quantized(model, "fp16 conversion")
     work = onnx.ModelProto()
@@ -178,7 +186,7 @@ def to_fp16(model: onnx.ModelProto, cfg: Fp16Config, data, shapes, notes: list[s
     checked = check_data(work, data, shapes, notes)
     if checked is None:
         return converted
-    criteria = parse_target(cfg.target) if cfg.target else [Criterion("cosine", cfg.min_cosine)]
+    criteria = parse_target(cfg.target)
     judge = Judge(work, checked, criteria)
     scores = judge.score(converted)
     details["fp16_scores"] = scores
@@ -208,6 +216,9 @@ class Fp16(Pass):
     tunable = {"auto": Choice((False, True))}
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
-        from onnxopt.passes.quant.run import fp16
-
-        return fp16(model, self.config, ctx)
+        notes: list[str] = []
+        try:
+            return to_fp16(model, self.config, ctx.data, ctx.shapes, notes, ctx.details)  # type: ignore[arg-type]
+        finally:  # what was kept and why reaches the report even when the pass refuses
+            for note in notes:
+                ctx.note(note)

@@ -11,7 +11,7 @@ import pytest
 
 from onnxopt.data import Dataset
 from onnxopt.evaluate import fidelity
-from onnxopt.passes.prune.pruner import PruneOptions, prune_model
+from onnxopt.passes.prune.prune import PruneConfig, prune_model
 from onnxopt.stats import model_stats
 from tests.conftest import CORPUS_SHAPES, DIGITS_EVAL, load_corpus
 from tests.corpus_data import det_inputs
@@ -19,7 +19,7 @@ from tests.corpus_data import det_inputs
 # the best setting found for "MACs halved, accuracy within 1 point" (see README, Pruning): measured
 # MACs -68.2%, held-out accuracy 99.33% (fp32 99.67%); without round_to -56.7% and 99.0%; uniform
 # at -50%: 98.67%, global 97.67%
-DIGITS_BEST = PruneOptions(target_macs=0.5, strategy="sensitivity", round_to=8, recover="lstsq")
+DIGITS_BEST = PruneConfig(target_macs=0.5, strategy="sensitivity", round_to=8, recover="lstsq", calib_size=150)
 
 
 def _digits_splits() -> tuple[Dataset, Dataset]:
@@ -45,8 +45,8 @@ def test_recovery_improves_ppocr_det_on_text_pages():
     shapes = CORPUS_SHAPES["ppocr_det"]
     calib = Dataset({"x": det_inputs(8, seed=0)}, None, "text pages, seed 0")
     held_out = Dataset({"x": det_inputs(4, seed=1)}, None, "text pages, seed 1")
-    plain, _ = prune_model(model, PruneOptions(ratio=0.3, recover="none"), shapes, calib)
-    fitted, report = prune_model(model, PruneOptions(ratio=0.3, recover="lstsq"), shapes, calib)
+    plain, _ = prune_model(model, PruneConfig(ratio=0.3, recover="none", round_to=1), shapes, calib)
+    fitted, report = prune_model(model, PruneConfig(ratio=0.3, recover="lstsq", round_to=1), shapes, calib)
     assert report["recovery"]["layers"] >= 40
     # the head's 2x2/2 upsamplers are among the re-fitted layers (kernel = stride ConvTranspose)
     assert any(n.op_type == "ConvTranspose" and n.input[1].endswith("_refit") for n in fitted.graph.node)
@@ -69,11 +69,12 @@ def test_ppocr_det_ratio_0_3_by_sensitivity_keeps_cosine_with_backbone_cut():
     shapes = CORPUS_SHAPES["ppocr_det"]
     calib = Dataset({"x": det_inputs(8, seed=0)}, None, "text pages, seed 0")
     held_out = Dataset({"x": det_inputs(8, seed=1)}, None, "text pages, seed 1")
-    pruned, report = prune_model(model, PruneOptions(ratio=0.3, strategy="sensitivity"), shapes, calib)
+    by_curves = PruneConfig(ratio=0.3, strategy="sensitivity", round_to=1)
+    pruned, report = prune_model(model, by_curves, shapes, calib)
     prunable = [g for g in report["groups"] if g["prunable"]]
     removed = 1 - sum(g["kept"] for g in prunable) / sum(g["channels"] for g in prunable)
     cosine = fidelity(model, pruned, held_out).outputs[0].cosine_mean
-    uniform, _ = prune_model(model, PruneOptions(ratio=0.3), shapes, calib)
+    uniform, _ = prune_model(model, PruneConfig(ratio=0.3, round_to=1), shapes, calib)
     cosine_uniform = fidelity(model, uniform, held_out).outputs[0].cosine_mean
     # measured: held-out cosine 0.9957, uniform 0.3: 0.9678
     assert removed >= 0.29, removed

@@ -7,7 +7,7 @@ from onnxopt.evaluate import fidelity
 from onnxopt.passes.prune.analyze import analyze
 from onnxopt.passes.prune.apply import cut, guard, kept_channels, kept_outputs
 from onnxopt.passes.prune.importance import class_scores
-from onnxopt.passes.prune.pruner import PruneOptions, prune_model
+from onnxopt.passes.prune.prune import PruneConfig, prune_model
 from onnxopt.passes.prune.ratios import Budget, choose
 from onnxopt.passes.prune.recover import recover
 from tests.conftest import DIGITS_EVAL, load_corpus
@@ -17,8 +17,9 @@ def test_original_inputs_fit_in_one_pass_and_help():
     model = load_corpus("digits")
     calib = load_data(DIGITS_EVAL, model, limit=64)
     held_out = load_data(DIGITS_EVAL, model).tail(386)  # the samples after the 64 used to fit
-    plain, _ = prune_model(model, PruneOptions(ratio=0.3, recover="none"), None, calib)
-    fitted, report = prune_model(model, PruneOptions(ratio=0.3, refit_inputs="original"), None, calib)
+    plain, _ = prune_model(model, PruneConfig(ratio=0.3, recover="none", round_to=1, calib_size=64), None, calib)
+    original = PruneConfig(ratio=0.3, refit_inputs="original", round_to=1, calib_size=64)
+    fitted, report = prune_model(model, original, None, calib)
     assert report["recovery"]["passes"] == 1 and report["recovery"]["layers"] >= 3
     assert fidelity(model, fitted, held_out).outputs[0].cosine_mean > \
         fidelity(model, plain, held_out).outputs[0].cosine_mean + 0.05
@@ -45,8 +46,9 @@ def test_downstream_refit_covers_depthwise_convs_and_helps():
     shapes = CORPUS_SHAPES["ppocr_cls"]
     calib = Dataset({"x": cls_inputs(4, seed=0)})
     held_out = Dataset({"x": cls_inputs(8, seed=1)})
-    cut_only, rec_cut = prune_model(model, PruneOptions(ratio=0.3), shapes, calib)
-    fitted, rec_down = prune_model(model, PruneOptions(ratio=0.3, refit_layers="downstream"), shapes, calib)
+    cut_only, rec_cut = prune_model(model, PruneConfig(ratio=0.3, round_to=1), shapes, calib)
+    downstream = PruneConfig(ratio=0.3, refit_layers="downstream", round_to=1)
+    fitted, rec_down = prune_model(model, downstream, shapes, calib)
     assert rec_down["recovery"]["layers"] > rec_cut["recovery"]["layers"]
     refit = {i.name for i in fitted.graph.initializer if i.name.endswith("_refit")}
     depthwise = [n for n in fitted.graph.node if n.op_type == "Conv"

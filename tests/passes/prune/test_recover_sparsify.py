@@ -9,7 +9,7 @@ import pytest
 from onnxopt.data import load_data
 from onnxopt.evaluate import fidelity
 from onnxopt.passes import PassContext, build, get_pass, run_pass
-from onnxopt.passes.prune.pruner import PruneOptions, prune_model
+from onnxopt.passes.prune.prune import PruneConfig, prune_model
 from tests.conftest import CORPUS_SHAPES, DIGITS_EVAL, load_corpus
 
 
@@ -17,8 +17,8 @@ def test_recovery_improves_digits_on_held_out_data():
     model = load_corpus("digits")
     calib = load_data(DIGITS_EVAL, model, limit=64)
     held_out = load_data(DIGITS_EVAL, model).tail(386)  # the samples after the 64 used to fit
-    plain, _ = prune_model(model, PruneOptions(ratio=0.3, recover="none"), None, calib)
-    fitted, report = prune_model(model, PruneOptions(ratio=0.3, recover="lstsq"), None, calib)
+    plain, _ = prune_model(model, PruneConfig(ratio=0.3, recover="none", round_to=1, calib_size=64), None, calib)
+    fitted, report = prune_model(model, PruneConfig(ratio=0.3, recover="lstsq", round_to=1, calib_size=64), None, calib)
     assert report["recovery"]["layers"] >= 3
     f_plain, f_fit = fidelity(model, plain, held_out), fidelity(model, fitted, held_out)
     assert f_fit.outputs[0].cosine_mean > f_plain.outputs[0].cosine_mean + 0.05
@@ -32,8 +32,8 @@ def test_recovery_improves_zoo_model_on_synthetic_data(name):
     shapes = CORPUS_SHAPES.get(name)
     calib = load_data("synthetic:n=16,seed=0", model, shapes=shapes)
     fresh = load_data("synthetic:n=8,seed=7", model, shapes=shapes)
-    plain, _ = prune_model(model, PruneOptions(ratio=0.3, recover="none"), shapes, calib)
-    fitted, _ = prune_model(model, PruneOptions(ratio=0.3, recover="lstsq"), shapes, calib)
+    plain, _ = prune_model(model, PruneConfig(ratio=0.3, recover="none", round_to=1), shapes, calib)
+    fitted, _ = prune_model(model, PruneConfig(ratio=0.3, recover="lstsq", round_to=1), shapes, calib)
     assert fidelity(model, fitted, fresh).outputs[0].cosine_mean > fidelity(model, plain, fresh).outputs[0].cosine_mean
 
 

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.data import Dataset
 from onnxopt.evaluate import fidelity
-from onnxopt.passes.prune.pruner import PruneOptions, prune_model
+from onnxopt.passes.prune.prune import PruneConfig, prune_model
 
 CONSTANT_CHANNEL = 2
 
@@ -59,7 +59,7 @@ def _errors(model, pruned, data) -> dict[str, tuple[float, float]]:
 
 def test_variance_criterion_cuts_the_constant_channel_and_mean_shift_makes_it_free():
     model, data = constant_channel_model(), _data()
-    one_channel = PruneOptions(ratio=0.25, criterion="variance", recover="none")
+    one_channel = PruneConfig(ratio=0.25, criterion="variance", recover="none", round_to=1)
     cut, report = prune_model(model, one_channel, data=data)
     assert report["channels_removed"] == 1
     # the constant channel (variance 0) is the one cut: conv1 keeps the other three filters
@@ -68,7 +68,8 @@ def test_variance_criterion_cuts_the_constant_channel_and_mean_shift_makes_it_fr
     before = _errors(model, cut, data)
     assert before["y_conv"][0] > 1.0 and before["y_fc"][0] > 0.1  # cut alone: the channel's 1.5 is gone
 
-    shifted, report = prune_model(model, PruneOptions(ratio=0.25, criterion="variance", recover="bias"), data=data)
+    bias_only = PruneConfig(ratio=0.25, criterion="variance", recover="bias", round_to=1)
+    shifted, report = prune_model(model, bias_only, data=data)
     onnx.checker.check_model(shifted, full_check=True)
     after = _errors(model, shifted, data)
     # exact for the unpadded conv (a bias is added where it had none) and the Gemm (alpha/beta honoured)
@@ -80,8 +81,9 @@ def test_variance_criterion_cuts_the_constant_channel_and_mean_shift_makes_it_fr
 
 def test_lstsq_refits_a_stride_two_conv_transpose():
     model, data = constant_channel_model(), _data(32)
-    shifted, _ = prune_model(model, PruneOptions(ratio=0.5, criterion="l2", recover="bias"), data=data)
-    fitted, report = prune_model(model, PruneOptions(ratio=0.5, criterion="l2", recover="lstsq"), data=data)
+    shifted, _ = prune_model(model, PruneConfig(ratio=0.5, criterion="l2", recover="bias", round_to=1), data=data)
+    refit = PruneConfig(ratio=0.5, criterion="l2", recover="lstsq", round_to=1)
+    fitted, report = prune_model(model, refit, data=data)
     onnx.checker.check_model(fitted, full_check=True)
     ups = [n for n in fitted.graph.node if n.op_type == "ConvTranspose"]
     assert ups and ups[0].input[1].endswith("_refit")  # the upsampler itself was re-fitted
@@ -95,5 +97,6 @@ def test_lstsq_refits_a_stride_two_conv_transpose():
 def test_variance_criterion_needs_calibration_data():
     from onnxopt.errors import ConfigError
 
+    no_data = PruneConfig(ratio=0.25, criterion="variance", recover="none", round_to=1)
     with pytest.raises(ConfigError, match="calibration data"):
-        prune_model(constant_channel_model(), PruneOptions(ratio=0.25, criterion="variance", recover="none"))
+        prune_model(constant_channel_model(), no_data)

@@ -99,9 +99,9 @@ def test_sensitivity_strategy_spends_the_budget_where_it_costs_least():
     model = load_corpus("digits")
     calib, held_out = load_data(DIGITS_EVAL, model, limit=150), load_data(DIGITS_EVAL, model).tail(300)
     # the same criterion both ways (l2), so only the allocation differs
-    uniform, _ = run_pass(get_pass("prune")(ratio=0.5, criterion="l2", calib_samples=150), model,
+    uniform, _ = run_pass(get_pass("prune")(ratio=0.5, criterion="l2", calib_size=150), model,
                           PassContext(data=calib))
-    measured, rec = run_pass(get_pass("prune")(ratio=0.5, criterion="l2", strategy="sensitivity", calib_samples=150),
+    measured, rec = run_pass(get_pass("prune")(ratio=0.5, criterion="l2", strategy="sensitivity", calib_size=150),
                              model, PassContext(data=calib))
     onnx.checker.check_model(measured, full_check=True)
     prunable = [g for g in rec.details["groups"] if g["prunable"]]
