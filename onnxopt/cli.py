@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -111,10 +112,9 @@ def optimize(
 ):
     """Run passes on MODEL and write the result to OUTPUT (atomically; never over the input)."""
     import onnxopt
-    from onnxopt.errors import ConfigError, OutputExistsError
+    from onnxopt.errors import OutputExistsError
 
-    if (passes is None) == (recipe is None):
-        raise ConfigError("give exactly one of --passes or --recipe", "e.g. --passes simplify")
+    # save() refuses this too; asking first spares running the passes for nothing
     if output.exists() and model.exists() and output.resolve() == model.resolve() and not force:
         raise OutputExistsError(f"refusing to overwrite the input model {model}", "choose another -o or pass --force")
     with _pass_progress(enabled=not json_out) as progress:
@@ -215,19 +215,19 @@ def list_passes(json_out: JsonOpt = False, debug: DebugOpt = False):
     """The registered passes, their options and which ones the tuner may search."""
     import onnxopt
 
-    rows = []
-    for name, cls in onnxopt.list_passes().items():
-        fields = {k: {"default": f.default, "type": str(f.annotation)} for k, f in cls.Config.model_fields.items()}
-        rows.append({"name": name, "doc": (cls.__doc__ or "").strip().splitlines()[0],
-                     "options": fields, "tunable": {k: repr(v) for k, v in cls.tunable.items()}})
+    infos = [cls.describe() for cls in onnxopt.list_passes().values()]
     if json_out:
-        return _emit_json(rows)
+        return _emit_json([info.model_dump(mode="json") for info in infos])
+    from rich.markup import escape
+
     con = _console()
-    for row in rows:
-        con.print(f"[bold]{row['name']}[/]: {row['doc']}")
-        for key, info in row["options"].items():
-            mark = "  (tunable)" if key in row["tunable"] else ""
-            con.print(f"    {key} = {info['default']!r}{mark}")
+    for info in infos:
+        con.print(f"[bold]{info.name}[/]: {escape(info.summary)}")
+        for opt in info.options:
+            tunable = f"  [dim](tunable: {escape(opt.tunable)})[/]" if opt.tunable else ""
+            con.print(f"    {opt.name} = {escape(repr(opt.default))}  [dim]{escape(opt.type)}[/]{tunable}")
+        for old, new in info.deprecated.items():
+            con.print(f"    {old}: [yellow]deprecated[/], write {new}")
 
 
 @app.command("profile")
@@ -370,15 +370,14 @@ def sensitivity_cmd(
     """Prune each channel group alone at each ratio and report the fidelity/accuracy curve."""
     import onnxopt
     from onnxopt.errors import ConfigError
+    from onnxopt.passes.prune.sensitivity import check_macs_budget, check_ratios
 
     try:
         values = [float(r) for r in ratios.split(",") if r.strip()]
     except ValueError:
         raise ConfigError(f"bad --ratios {ratios!r}", "e.g. --ratios 0.1,0.3,0.5") from None
-    if not values or not all(0 < r < 1 for r in values):
-        raise ConfigError(f"bad --ratios {ratios!r}", "ratios must lie in (0, 1)")
-    if macs_budget is not None and not 0 < macs_budget < 1:
-        raise ConfigError(f"bad --macs-budget {macs_budget}", "a fraction in (0, 1), e.g. --macs-budget 0.4")
+    check_ratios(values)  # the library's checks, run before the slow part rather than after it
+    check_macs_budget(macs_budget)
     with _status("pruning group by group", enabled=not json_out):
         report = onnxopt.sensitivity(model, data=data, ratios=values, shapes=_shapes(shape), limit=limit,
                                      min_score=min_score, macs_budget=macs_budget)
@@ -434,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="onnxopt", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            app(args=args, prog_name="onnxopt", standalone_mode=False)
         return 0
     except typer.Exit as exc:
         return exc.exit_code
@@ -447,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the last resort: one line, the traceback only on --debug
         _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1, debug, exc)
     return 1
+
+
+def _show_warning(message, category, *_args, **_kwargs) -> None:
+    """Warnings (a deprecated option name, say) as one line on stderr, without Python's source line."""
+    sys.stderr.write(f"warning: {message}\n")
 
 
 def _click_error() -> type[Exception]:

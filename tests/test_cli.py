@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import onnxopt
 from onnxopt.model import load
 from tests.conftest import DIGITS, DIGITS_EVAL
 from tests.helpers import run_cli
@@ -123,8 +124,22 @@ def test_compare_json_self(capsys):
 def test_passes_lists_the_registry(capsys):
     rc, stdout, err = run_cli(["passes", "--json"], capsys)
     assert rc == 0, err
-    names = [row["name"] for row in json.loads(stdout)]
-    assert rc == 0 and "simplify" in names
+    rows = {row["name"]: row for row in json.loads(stdout)}
+    assert "simplify" in rows
+    assert rows["prune"] == onnxopt.list_passes()["prune"].describe().model_dump(mode="json")
+    assert rows["prune"]["deprecated"] == {"calib_samples": "calib_size"}
+    rc, stdout, err = run_cli(["passes"], capsys)
+    assert rc == 0, err
+    assert "calib_samples: deprecated, write calib_size" in " ".join(stdout.split())
+
+
+def test_old_option_name_warns_in_one_line_and_still_works(tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    code, stdout, err = run_cli(["optimize", DIGITS, "-o", out, "--passes", "fp16:min_cosine=0.99", "--json"],
+                                capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["passes"][0]["options"]["target"] == "cosine>=0.99"
+    assert err.count("\n") == 1 and err.startswith("warning: option 'min_cosine' is deprecated")
 
 
 def test_console_script_and_debug_traceback(tmp_path):

@@ -36,6 +36,21 @@ class Point:
     score: float
 
 
+def check_ratios(ratios: Sequence[float]) -> list[float]:
+    """The ratios to try per group, each in (0, 1); a ``ConfigError`` otherwise."""
+    values = [float(r) for r in ratios]
+    if not values or not all(0 < r < 1 for r in values):
+        raise ConfigError(f"bad ratios {values}", "ratios must lie in (0, 1), e.g. 0.1,0.3,0.5")
+    return values
+
+
+def check_macs_budget(budget: float | None) -> float | None:
+    """A MACs fraction to remove, in (0, 1), or None; a ``ConfigError`` otherwise."""
+    if budget is not None and not 0 < budget < 1:
+        raise ConfigError(f"bad macs_budget {budget}", "a fraction of the MACs in (0, 1), e.g. 0.4")
+    return budget
+
+
 def curves(model: onnx.ModelProto, ratios: Sequence[float], measure: Callable[[onnx.ModelProto], float],
            shapes: Mapping[str, Sequence[int]] | None = None, criterion: str = "l2",
            progress: Callable[[str, float], None] | None = None, data: object = None) -> list[dict]:
@@ -45,6 +60,7 @@ def curves(model: onnx.ModelProto, ratios: Sequence[float], measure: Callable[[o
     group's mean shift moves into the biases, as the prune pass does."""
     from onnxopt.passes.prune.activations import Calibration
 
+    ratios = check_ratios(ratios)
     calib = Calibration.of(data)
     base = analyze(model, shapes)
     scores = class_scores(base, criterion, "mean", calib)
@@ -103,6 +119,7 @@ def for_macs_budget(rows: list[dict], target: float) -> tuple[list[str], float]:
     """Per-group ``overrides`` spending a MACs budget (fraction) where the :func:`curves` rows say it
     costs least, and the MACs drop they add up to. Per-group drops add up only approximately (a
     layer between two cut groups loses both ways); ``prune:strategy=sensitivity`` measures the real one."""
+    check_macs_budget(target)
     points = {row["group"]: [Point(p["ratio"], frozenset(), p["macs_drop"], p["score"]) for p in row["points"]]
               for row in rows}
     current: dict[int, Point | None] = {gid: None for gid in points}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from onnxopt.passes import PassContext, get_pass, run_pass
 from tests.conftest import DIGITS, DIGITS_EVAL, load_corpus
 from tests.helpers import run_cli
@@ -44,4 +46,15 @@ def test_sensitivity_cli_spends_a_macs_budget_from_the_curves(capsys):
 
 def test_sensitivity_cli_rejects_a_bad_budget(capsys):
     code, _, err = run_cli(["sensitivity", DIGITS, "--macs-budget", "1.5"], capsys)
-    assert code == 2 and "macs-budget" in err
+    assert code == 2 and "macs_budget 1.5" in err
+
+
+def test_the_library_checks_ratios_and_budget_itself():
+    import onnxopt
+    from onnxopt.errors import ConfigError
+    from onnxopt.passes.prune.sensitivity import for_macs_budget
+
+    with pytest.raises(ConfigError, match=r"bad ratios \[0.3, 1.5\]"):
+        onnxopt.sensitivity(DIGITS, ratios=[0.3, 1.5])
+    with pytest.raises(ConfigError, match="macs_budget"):
+        for_macs_budget([], 0.0)
