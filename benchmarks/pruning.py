@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))  # tests/corpus_data.py, the text-page generator s
 from onnxopt.data import Dataset, load_data  # noqa: E402
 from onnxopt.evaluate import fidelity  # noqa: E402
 from onnxopt.model import fix_input_shapes  # noqa: E402
-from onnxopt.passes.prune.pruner import PruneOptions, prune_model  # noqa: E402
-from onnxopt.profiling.compare import compare  # noqa: E402
+from onnxopt.passes.prune.prune import PruneConfig, prune_model  # noqa: E402
+from onnxopt.profiling.ab import measure_ab  # noqa: E402
 from onnxopt.profiling.measure import Item  # noqa: E402
 from onnxopt.profiling.profiles import get_profile  # noqa: E402
 from onnxopt.stats import model_stats  # noqa: E402
@@ -74,7 +74,7 @@ def latency(model, variants: dict[str, object], feed: dict[str, np.ndarray], pro
     runs: dict[str, list] = {k: [] for k in variants}
     base = []
     for _ in range(repeats):
-        results, ratios = compare(items, get_profile(profile))
+        results, ratios = measure_ab(items, get_profile(profile))
         if not ratios:
             return {k: "failed: " + "; ".join(r.error or "" for r in results if not r.ok) for k in variants}
         base.append(results[0].latency_ms.median)
@@ -100,9 +100,10 @@ def bench(name: str, ratio: float, args: argparse.Namespace) -> list[dict]:
         row: dict = {"model": name, "ratio": ratio, "round_to": round_to}
         pruned = {}
         for mode in ("none", "lstsq"):
-            opts = PruneOptions(ratio=ratio, criterion=args.criterion, recover=mode, refit_inputs=args.refit_inputs,
-                                round_to=round_to, refit_layers=args.refit_layers, strategy=args.strategy)
-            pruned[mode], report = prune_model(model, opts, shapes, calib)
+            cfg = PruneConfig(ratio=ratio, criterion=args.criterion, recover=mode, refit_inputs=args.refit_inputs,
+                              round_to=round_to, refit_layers=args.refit_layers, strategy=args.strategy,
+                              calib_size=len(calib))  # every calibration sample, as before PruneConfig
+            pruned[mode], report = prune_model(model, cfg, shapes, calib)
             row[f"fidelity_{mode}"] = _score(model, pruned[mode], held_out)
         before, after = model_stats(model, shapes), model_stats(pruned["lstsq"], shapes)
         row.update(macs_drop=1 - after.macs_known / before.macs_known, params_drop=1 - after.params / before.params,

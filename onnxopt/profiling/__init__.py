@@ -1,9 +1,11 @@
 """Latency measurement on device profiles (the API verb is ``onnxopt.profile(model, profile="cpu-1t")``).
 
-Modules: ``profiles`` (TOML device profiles, validation, ``extends``), ``measure`` (the spawned,
-time-limited child process), ``compare`` (interleaved A/B), ``edge`` (ORT format, mobile
-usability), ``settings`` (session options, ``ort_config`` metadata, sidecar JSON), ``profiler``
-(the ``profile()`` facade). See docs/profiles.md for the profile schema.
+Modules: ``profiles`` (TOML device profiles, validation, ``extends``), ``child`` (the standalone
+script that opens, times and runs sessions: stdlib, numpy and onnxruntime only), ``measure`` (its
+parent side: jobs, timeouts, typed results), ``ab`` (interleaved A/B with ratios), ``edge`` (ORT
+format, mobile usability), ``settings`` (``ort_config`` metadata, sidecar JSON), ``profiler`` (the
+``profile()`` facade).
+See docs/profiles.md for the profile schema.
 """
 
 from __future__ import annotations

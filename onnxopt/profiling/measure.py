@@ -1,24 +1,33 @@
-"""Latency measurement in a child process: the parent side.
+"""Measurement in a child process: the parent side.
 
-Each measurement runs in a fresh process started with ``spawn`` (no inherited onnxruntime state or
-threads), with a timeout. A crash (signal, ``os._exit``), a hang or an exception in the child becomes
-a :class:`Measurement` with ``ok = False`` and the reason; the parent goes on. A provider the profile
-needs but this onnxruntime lacks is an error before anything runs (unless the profile allows fallback).
+Every job (time models, profile one model's nodes, run one for its outputs) is written into a
+temporary folder (``job.json``, the models, their feeds as ``.npz``) and run by
+:mod:`onnxopt.profiling.child` as a script under a Python interpreter (this one by default; any with
+numpy and onnxruntime will do), with a timeout. A crash (signal, exit), a hang or an exception in the
+child becomes a :class:`Measurement` with ``ok = False`` and the reason; the parent goes on. A
+provider the profile needs but this onnxruntime lacks is an error before anything runs (unless the
+profile allows fallback). Each item is opened with its own session settings, so one interleaved run
+can compare one model under two settings.
 
 Example::
 
     item = Item("digits", model, feeds)
     [result] = measure([item], get_profile("cpu-1t"))
     result.latency_ms.median, result.placement.nodes
+    one, two = SessionSettings(intra_op_threads=1), SessionSettings(intra_op_threads=2)
+    measure([Item("1t", model, feeds, session=one), Item("2t", model, feeds, session=two)], profile)
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import json
 import signal
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,16 +36,18 @@ import numpy as np
 import onnx
 
 from onnxopt.errors import MeasurementError, ProviderUnavailableError
-from onnxopt.profiling.profiles import PROVIDER_PACKAGES, Profile
+from onnxopt.profiling import child
+from onnxopt.profiling.profiles import PROVIDER_PACKAGES, Profile, SessionSettings
 from onnxopt.profiling.results import Measurement, Placement, latency_stats
 
 CPU = "CPUExecutionProvider"
-POLL_S = 0.1
+CHILD = Path(child.__file__).resolve()
 
 
 @dataclass
 class Item:
-    """One model to measure, with the feeds it cycles through (the same every run)."""
+    """One model to measure, with the feeds it cycles through (the same every run) and its session
+    settings (None: the profile's ``[session]``)."""
 
     label: str
     model: onnx.ModelProto
@@ -45,6 +56,10 @@ class Item:
     source: str = ""
     batch_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    session: SessionSettings | None = None
+
+    def settings(self, profile: Profile) -> SessionSettings:
+        return self.session if self.session is not None else profile.session
 
 
 @dataclass
@@ -87,78 +102,114 @@ def provider_chain(profile: Profile, available: Sequence[str] | None = None) -> 
 
 
 def measure(items: Sequence[Item], profile: Profile, *, timeout_s: float | None = None,
-            fault: str | None = None) -> list[Measurement]:
+            fault: str | None = None, interpreter: str | None = None) -> list[Measurement]:
     """Measure the items interleaved in one child process; one Measurement per item, in order.
 
-    ``fault`` is a test-only hook ("abort", "exit", "hang") that makes the child die or hang."""
-    return measure_with_times(items, profile, timeout_s=timeout_s, fault=fault)[0]
+    ``interpreter`` runs the child (default: this Python); ``fault`` is a test-only hook ("abort",
+    "exit", "hang") that makes the child die or hang."""
+    return measure_with_times(items, profile, timeout_s=timeout_s, fault=fault, interpreter=interpreter)[0]
 
 
 def measure_with_times(items: Sequence[Item], profile: Profile, *, timeout_s: float | None = None,
-                       fault: str | None = None) -> tuple[list[Measurement], list[list[float]]]:
+                       fault: str | None = None, interpreter: str | None = None
+                       ) -> tuple[list[Measurement], list[list[float]]]:
     """``measure`` plus each item's raw per-round seconds (empty lists when the measurement failed)."""
     if not items:
         raise MeasurementError("nothing to measure")
+    with run_job("time", items, profile, timeout_s=timeout_s, fault=fault, interpreter=interpreter) as done:
+        pass
+    if done.status != "ok":
+        return ([_failed(item, profile, done) for item in items], [[] for _ in items])
+    results = [_measured(item, profile, done.chain, model, done.payload)
+               for item, model in zip(items, done.payload["models"], strict=True)]
+    return results, [model["times"] for model in done.payload["models"]]
+
+
+@dataclass
+class Done:
+    """A finished child run: status ok/error/crash/timeout, its payload (the reason when not ok), wall
+    seconds, and the job folder (which exists only inside :func:`run_job`'s ``with`` block)."""
+
+    chain: Chain
+    status: str
+    payload: Any
+    wall: float
+    folder: Path
+
+
+@contextmanager
+def run_job(kind: str, items: Sequence[Item], profile: Profile, *, timeout_s: float | None = None,
+            fault: str | None = None, interpreter: str | None = None, **options: Any) -> Iterator[Done]:
+    """Write a ``kind`` job (see :mod:`onnxopt.profiling.child`) for the items, run the child on it and
+    yield what came back while the folder (with files the child wrote) still exists. A provider
+    the child could not load is :class:`ProviderUnavailableError`."""
     chain = provider_chain(profile)
-    with tempfile.TemporaryDirectory(prefix="onnxopt-profile-") as tmp:
-        paths = []
-        for index, item in enumerate(items):
-            path = Path(tmp) / f"model{index}.onnx"
-            path.write_bytes(item.model.SerializeToString())
-            paths.append(str(path))
-        job = {"paths": paths, "feeds": [item.feeds for item in items],
+    with tempfile.TemporaryDirectory(prefix="onnxopt-measure-") as tmp:
+        folder = Path(tmp)
+        job = {"kind": kind, "models": _write_items(items, profile, folder),
                "providers": list(zip(chain.names, chain.options, strict=True)), "plugins": chain.plugins,
-               "session": profile.session.model_dump(mode="json"), "protocol": profile.measure.model_dump(),
-               "allow_fallback": profile.allow_fallback, "fault": fault, "tmp": tmp,
-               "target": profile.provider}
-        status, payload, wall = run_child(job, timeout_s or profile.measure.timeout_s)
-    if status == "provider":
-        raise ProviderUnavailableError(payload, "install the provider's runtime libraries or allow fallback")
-    if status != "ok":
-        return [_failed(item, profile, chain, status, payload, wall) for item in items], [[] for _ in items]
-    results = [_measured(item, profile, chain, model, payload)
-               for item, model in zip(items, payload["models"], strict=True)]
-    return results, [model["times"] for model in payload["models"]]
+               "protocol": profile.measure.model_dump(), "allow_fallback": profile.allow_fallback,
+               "fault": fault, "target": profile.provider, **options}
+        (folder / "job.json").write_text(json.dumps(job), encoding="utf-8")
+        status, payload, wall = run_child(folder, timeout_s or profile.measure.timeout_s, interpreter)
+        if status == "provider":
+            raise ProviderUnavailableError(payload, "install the provider's runtime libraries or allow fallback")
+        yield Done(chain, status, payload, wall, folder)
 
 
-def run_child(job: dict[str, Any], timeout_s: float) -> tuple[str, Any, float]:
-    """Run the job in a spawned process; ``(status, payload, seconds)`` with status ok/error/crash/timeout/provider."""
-    from onnxopt.profiling.child import child_main
+def _write_items(items: Sequence[Item], profile: Profile, folder: Path) -> list[dict[str, Any]]:
+    """Each item's model, feeds (``.npz``, keys ``"<sample>|<input>"``) and session settings on disk;
+    items that share one feeds list share its file."""
+    written: dict[int, str] = {}
+    specs = []
+    for index, item in enumerate(items):
+        path = folder / f"model{index}.onnx"
+        path.write_bytes(item.model.SerializeToString())
+        if id(item.feeds) not in written:
+            feeds = folder / f"feeds{len(written)}.npz"
+            np.savez(feeds, **{f"{i}|{name}": np.asarray(value) for i, feed in enumerate(item.feeds)
+                               for name, value in feed.items()})
+            written[id(item.feeds)] = str(feeds)
+        specs.append({"path": str(path), "feeds": written[id(item.feeds)],
+                      "session": item.settings(profile).model_dump(mode="json")})
+    return specs
 
-    ctx = multiprocessing.get_context("spawn")
-    receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=child_main, args=(sender, job), daemon=True, name="onnxopt-measure")
+
+def run_child(folder: Path, timeout_s: float, interpreter: str | None = None) -> tuple[str, Any, float]:
+    """Run the child script on the job in ``folder`` under ``interpreter`` (default: this Python);
+    ``(status, payload, seconds)`` with status ok/error/crash/timeout/provider."""
+    log = folder / "child.log"
     start = time.monotonic()
-    process.start()
-    sender.close()  # so a dead child shows up as EOF on our end
-    try:
-        while True:
-            elapsed = time.monotonic() - start
-            if elapsed >= timeout_s:
-                return "timeout", f"no result within {timeout_s:g} s (hung or too slow); the child was killed", elapsed
-            if receiver.poll(min(POLL_S, timeout_s - elapsed)):
-                try:
-                    status, payload = receiver.recv()
-                except EOFError:
-                    process.join(5)
-                    return "crash", _death(process.exitcode), time.monotonic() - start
-                return status, payload, time.monotonic() - start
-            if not process.is_alive() and not receiver.poll():
-                return "crash", _death(process.exitcode), time.monotonic() - start
-    finally:
-        if process.is_alive():
-            process.kill()
-        process.join(5)
-        receiver.close()
+    with open(log, "wb") as out:
+        process = subprocess.Popen([interpreter or sys.executable, str(CHILD), str(folder)],
+                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            code = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return "timeout", f"no result within {timeout_s:g} s (hung or too slow); the child was killed", \
+                time.monotonic() - start
+        finally:  # also on Ctrl-C: never leave a child running
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    wall = time.monotonic() - start
+    result = folder / "result.json"
+    if not result.is_file():
+        return "crash", _death(code, log), wall
+    data = json.loads(result.read_text(encoding="utf-8"))
+    return data["status"], data["payload"], wall
 
 
-def _death(code: int | None) -> str:
+def _death(code: int | None, log: Path) -> str:
+    """Why the child gave no result: its signal or exit code, and the last line it printed."""
+    why = f"the measurement process exited with code {code} without a result"
     if code is not None and code < 0:
         try:
-            return f"the measurement process was killed by {signal.Signals(-code).name} (onnxruntime crashed)"
+            why = f"the measurement process was killed by {signal.Signals(-code).name} (onnxruntime crashed)"
         except ValueError:
             pass
-    return f"the measurement process exited with code {code} without a result"
+    lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines() if log.is_file() else []
+    return f"{why}: {lines[-1][:300]}" if lines else why
 
 
 def _common(item: Item, profile: Profile, chain: Chain) -> dict[str, Any]:
@@ -166,12 +217,13 @@ def _common(item: Item, profile: Profile, chain: Chain) -> dict[str, Any]:
             "providers_requested": [p.name for p in profile.providers], "fallback": chain.note is not None,
             "fallback_note": chain.note, "batch_size": item.batch_size,
             "target_rel_ci": profile.measure.target_rel_ci, "inputs_synthetic": item.synthetic,
-            "inputs_source": item.source, "session": profile.session.model_dump(mode="json")}
+            "inputs_source": item.source, "session": item.settings(profile).model_dump(mode="json")}
 
 
-def _failed(item: Item, profile: Profile, chain: Chain, status: str, reason: str, wall: float) -> Measurement:
-    failure = status if status in ("crash", "timeout") else "error"
-    return Measurement(ok=False, failure=failure, error=reason, measure_s=wall, **_common(item, profile, chain))
+def _failed(item: Item, profile: Profile, done: Done) -> Measurement:
+    failure = done.status if done.status in ("crash", "timeout") else "error"
+    return Measurement(ok=False, failure=failure, error=done.payload, measure_s=done.wall,
+                       **_common(item, profile, done.chain))
 
 
 def _measured(item: Item, profile: Profile, chain: Chain, model: dict[str, Any], job: dict[str, Any]) -> Measurement:
@@ -188,4 +240,3 @@ def _measured(item: Item, profile: Profile, chain: Chain, model: dict[str, Any],
         target_reached=job["target_reached"], measure_s=job["measure_s"],
         onnxruntime_version=job["onnxruntime_version"], **common,
     )
-

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from onnxopt import model as model_io
 from onnxopt.data import Dataset, load_data
 from onnxopt.errors import MeasurementError
-from onnxopt.profiling.compare import compare
+from onnxopt.profiling.ab import measure_ab
 from onnxopt.profiling.edge import EdgeReport, emit_ort, mobile_usability, usability_kinds
 from onnxopt.profiling.measure import Item, measure, provider_chain
 from onnxopt.profiling.profiles import Profile, get_profile
@@ -81,7 +81,7 @@ def profile(
     if len(items) == 1:
         results, ratios = measure(items, prof, timeout_s=timeout_s), []
     else:
-        results, ratios = compare(items, prof, timeout_s=timeout_s)
+        results, ratios = measure_ab(items, prof, timeout_s=timeout_s)
     report = ProfileReport(profile=prof.name, provider=prof.provider, interleaved=len(items) > 1,
                            results=results, ratios=ratios)
     check = prof.edge.mobile_check if mobile_check is None else mobile_check

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from onnxopt.errors import ConfigError
+from onnxopt.profiling.child import OPT_LEVELS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -79,10 +80,6 @@ class ProviderSpec(_Strict):
     def ort_options(self) -> dict[str, str]:
         """onnxruntime takes provider options as strings; booleans become "1"/"0"."""
         return {k: ("1" if v else "0") if isinstance(v, bool) else str(v) for k, v in self.options.items()}
-
-
-# onnxruntime's GraphOptimizationLevel values, as its ort_config parser expects them
-OPT_LEVELS = {"disable": 0, "basic": 1, "extended": 2, "layout": 3, "all": 99}
 
 
 class SessionSettings(_Strict):

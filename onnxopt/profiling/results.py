@@ -2,7 +2,8 @@
 
 The confidence interval of a median is distribution-free (order statistics): with ``n`` sorted
 samples, ranks ``n/2 ± z·√n/2`` bound the median with ~95% confidence, so no normality is assumed
-for latency, which is skewed and heavy-tailed.
+for latency, which is skewed and heavy-tailed. ``median_ci`` and ``rel_ci`` live in the child
+module, which uses them and must not import onnxopt.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
-Z95 = 1.959964
+# the child computes them too and must stand alone (no onnxopt imports): one definition, there
+from onnxopt.profiling.child import Z95, median_ci, rel_ci  # noqa: F401  (re-exported)
 
 
 class LatencyStats(BaseModel):
@@ -67,7 +69,7 @@ class Measurement(BaseModel):
     measure_s: float = 0.0
     inputs_synthetic: bool = True
     inputs_source: str = ""
-    session: dict[str, Any] = {}
+    session: dict[str, Any] = {}  # the session settings it ran with: the item's own, else the profile's
     onnxruntime_version: str = ""
 
 
@@ -84,25 +86,6 @@ class Ratio(BaseModel):
     ci_low: float
     ci_high: float
     rounds: int
-
-
-def median_ci(sorted_values: np.ndarray, z: float = Z95) -> tuple[float, float]:
-    """Order-statistics confidence interval of the median of already sorted values."""
-    n = len(sorted_values)
-    half = z * math.sqrt(n) / 2
-    lo = max(0, int(math.floor(n / 2 - half)) - 1)
-    hi = min(n - 1, int(math.ceil(n / 2 + half)))
-    return float(sorted_values[lo]), float(sorted_values[hi])
-
-
-def rel_ci(values: Sequence[float] | np.ndarray) -> float:
-    """Half-width of the median's CI relative to the median (inf for fewer than 6 values)."""
-    if len(values) < 6:
-        return math.inf
-    ordered = np.sort(np.asarray(values, dtype=np.float64))
-    med = float(np.median(ordered))
-    lo, hi = median_ci(ordered)
-    return max(med - lo, hi - med) / med if med > 0 else math.inf
 
 
 def latency_stats(seconds: Sequence[float] | np.ndarray) -> LatencyStats:

@@ -1,5 +1,5 @@
 """Session settings carried with a model: the ``ort_config`` metadata and a sidecar JSON (the
-SessionOptions themselves come from ``SessionSettings.ort_options()``).
+SessionOptions themselves are built by the measurement child, ``child.session_options``).
 
 onnxruntime reads a model's ``ort_config`` metadata (JSON ``{"session_options": {...}}``) when
 ``ORT_LOAD_CONFIG_FROM_MODEL=1``, but only for intra/inter-op threads, execution mode, graph
@@ -22,10 +22,13 @@ from typing import Any
 import onnx
 
 from onnxopt import model as model_io
-from onnxopt.profiling.profiles import OPT_LEVELS, Profile, SessionSettings
+from onnxopt.profiling.child import OPT_LEVELS
+from onnxopt.profiling.profiles import Profile, SessionSettings
 
 ORT_CONFIG_KEY = "ort_config"
 SIDECAR_SUFFIX = ".ort_settings.json"
+
+
 def ort_config(settings: SessionSettings) -> dict[str, Any]:
     """The ``ort_config`` JSON object onnxruntime understands (the subset it can read from a model)."""
     return {"session_options": {

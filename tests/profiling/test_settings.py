@@ -10,6 +10,7 @@ import pytest
 import onnxopt
 from onnxopt.errors import OutputExistsError
 from onnxopt.profiling import get_profile
+from onnxopt.profiling.child import session_options
 from onnxopt.profiling.settings import embed_settings, ort_config, read_settings, write_settings
 from tests.conftest import DIGITS
 from tests.profiling.helpers import fast_profile
@@ -20,7 +21,7 @@ def test_session_options_apply_every_setting():
                                                  "execution_mode": "parallel", "graph_optimization_level": "basic",
                                                  "enable_mem_pattern": False, "allow_spinning": False,
                                                  "config_entries": {"session.disable_prepacking": "1"}}})
-    so = prof.session.ort_options()
+    so = session_options(prof.session.model_dump(mode="json"))  # the child builds them from the plain dict
     assert so.intra_op_num_threads == 3 and so.inter_op_num_threads == 2
     assert so.execution_mode == ort.ExecutionMode.ORT_PARALLEL
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
