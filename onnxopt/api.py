@@ -117,6 +117,7 @@ def optimize(
     profile: Any = None,
     progress: Progress | None = None,
     metric: str | None = None,
+    measurer: Any = None,
 ) -> OptimizeResult:
     """Run a pipeline on a model and measure the result against the input, all in memory.
 
@@ -130,6 +131,9 @@ def optimize(
     an ``ImageSpec``) preprocesses image folders given as ``calib`` or ``data``.
     ``metric`` (``"module:function"``, ``(outputs, labels) -> float``) becomes the ``eval`` option of
     every ``quantize`` pass, for ``max_drop`` targets (the same as writing ``quantize:eval=...``).
+    ``profile`` (a name, ``.toml`` path, dict or Profile) is the target: passes read what it
+    accelerates, and passes that time models (``quantize:latency_aware=true``) measure on it through
+    ``measurer`` (default: the profiling service on ``profile``, else on the ``cpu`` profile).
     """
     if (passes is None) == (recipe is None):
         from onnxopt.errors import ConfigError
@@ -142,7 +146,9 @@ def optimize(
         pipeline = use_metric(pipeline, metric)
     source = load(model, shapes=shapes, opset=opset)
     calib_data = _dataset(calib, source, shapes, None, image_spec) if calib is not None else None
-    ctx = PassContext(data=calib_data, profile=profile, seed=seed, shapes=shapes, progress=progress)
+    target = _target(profile)
+    ctx = PassContext(data=calib_data, profile=target, seed=seed, shapes=shapes, progress=progress,
+                      measurer=measurer if measurer is not None else _measurer(target))
     optimized, records = pipeline.run(source, ctx)
     before = records[0].before if records else model_stats(source, shapes)
     report = OptimizeReport(passes=records, before=before, after=records[-1].after if records else before)
@@ -152,6 +158,22 @@ def optimize(
         if note:
             report.notes.append(note)
     return OptimizeResult(optimized, report)
+
+
+def _target(profile: Any):
+    """The device profile from a name, path or dict (None stays None: passes then use their defaults)."""
+    if profile is None:
+        return None
+    from onnxopt.profiling import get_profile
+
+    return get_profile(profile)
+
+
+def _measurer(target: Any):
+    """The profiling service on the target profile, which checks its providers only when asked to time."""
+    from onnxopt.profiling.service import default_measurer
+
+    return default_measurer(target)
 
 
 def _fidelity(reference, candidate, data, shapes, seed, samples):

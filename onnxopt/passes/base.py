@@ -31,6 +31,7 @@ import onnx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
 from onnxopt.errors import ConfigError, OnnxOptError, PassError
+from onnxopt.passes.measurer import Measurer
 from onnxopt.proto import skeleton
 from onnxopt.stats import ModelStats, model_stats
 from onnxopt.tunable import Choice, Range, Tunable  # noqa: F401  (re-exported: passes declare tunables here)
@@ -85,7 +86,8 @@ Progress = Callable[[str, float], None]
 
 @dataclass
 class PassContext:
-    """What a pass may use besides the model: calibration data, target profile, seed, shapes."""
+    """What a pass may use besides the model: calibration data, target profile, seed, shapes, and
+    the measurer that times models on the target (``onnxopt.optimize`` gives one for the profile)."""
 
     data: Any = None  # onnxopt.data.Dataset for calibration, or None
     profile: Any = None  # a device profile, when the target is known
@@ -94,13 +96,23 @@ class PassContext:
     progress: Progress | None = None
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    measurer: Measurer | None = None
 
     def note(self, text: str) -> None:
         self.notes.append(text)
 
     def fresh(self) -> PassContext:
         """Same inputs, empty notes: one per pass run."""
-        return PassContext(self.data, self.profile, self.seed, self.shapes, self.progress)
+        return PassContext(self.data, self.profile, self.seed, self.shapes, self.progress, measurer=self.measurer)
+
+    def need_measurer(self, what: str) -> Measurer:
+        """The measurer, or a ConfigError saying that ``what`` needs one (passes never build their own:
+        timing belongs to the profiling layer)."""
+        if self.measurer is None:
+            raise ConfigError(f"{what} times models on the target and the pass context has no measurer",
+                              "run it through onnxopt.optimize, or give PassContext(measurer="
+                              "onnxopt.profiling.service.ProfileMeasurer(profile))")
+        return self.measurer
 
 
 class PassRecord(BaseModel):

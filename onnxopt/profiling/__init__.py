@@ -2,9 +2,9 @@
 
 Modules: ``profiles`` (TOML device profiles, validation, ``extends``), ``child`` (the standalone
 script that opens, times and runs sessions: stdlib, numpy and onnxruntime only), ``measure`` (its
-parent side: jobs, timeouts, typed results), ``ab`` (interleaved A/B with ratios), ``edge`` (ORT
-format, mobile usability), ``settings`` (``ort_config`` metadata, sidecar JSON), ``profiler`` (the
-``profile()`` facade).
+parent side: jobs, timeouts, typed results), ``ab`` (interleaved A/B with ratios), ``service``
+(the measurer that passes get through their context), ``edge`` (ORT format, mobile usability),
+``settings`` (``ort_config`` metadata, sidecar JSON), ``profiler`` (the ``profile()`` facade).
 See docs/profiles.md for the profile schema.
 """
 

@@ -24,7 +24,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from onnxopt.errors import ConfigError
-from onnxopt.profiling.child import OPT_LEVELS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,7 +82,8 @@ class ProviderSpec(_Strict):
 
 
 class SessionSettings(_Strict):
-    """onnxruntime SessionOptions; 0 threads means onnxruntime's default (all physical cores)."""
+    """onnxruntime SessionOptions; 0 threads means onnxruntime's default (all physical cores). The
+    measurement child builds the SessionOptions from its dict form (``child.session_options``)."""
 
     intra_op_threads: int = Field(0, ge=0)
     inter_op_threads: int = Field(0, ge=0)
@@ -93,28 +93,6 @@ class SessionSettings(_Strict):
     enable_mem_pattern: bool = True
     allow_spinning: bool = True
     config_entries: dict[str, str] = {}
-
-    def ort_options(self):
-        """An ``onnxruntime.SessionOptions`` with every setting applied. A method, so that passes timing
-        candidates on the target (latency-aware quantization) use the profile they are handed
-        without importing this layer."""
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.intra_op_threads
-        so.inter_op_num_threads = self.inter_op_threads
-        so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if self.execution_mode == "parallel"
-                             else ort.ExecutionMode.ORT_SEQUENTIAL)
-        so.graph_optimization_level = ort.GraphOptimizationLevel(OPT_LEVELS[self.graph_optimization_level])
-        so.enable_cpu_mem_arena = self.enable_cpu_mem_arena
-        so.enable_mem_pattern = self.enable_mem_pattern
-        spin = "1" if self.allow_spinning else "0"
-        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        so.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        for key, value in self.config_entries.items():
-            so.add_session_config_entry(key, value)
-        so.log_severity_level = 3  # onnxruntime's warnings would go to our stderr; results carry what matters
-        return so
 
 
 class InputSettings(_Strict):

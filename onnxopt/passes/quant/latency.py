@@ -12,25 +12,27 @@ Q/DQ pairs at every float/int8 boundary). So:
 4. Measure the whole models (fp32 input, partial, full int8) interleaved, and return the fastest;
    when that is the fp32 input, return it unchanged with a WARNING note.
 
-The timer and the whole-model measurer are parameters, so the decision logic is testable with a
-fake timing table.
+All timing comes from the pass context's measurer (:class:`~onnxopt.passes.measurer.Measurer`:
+the profiling layer's service, on the target profile); this module only decides. The per-node
+timer and the whole-model timer can also be given directly, so the decision logic is testable with
+a fake timing table.
 
 Example::
 
-    result = latency_aware(quantizer, model, feeds, profile=None)
+    result = latency_aware(quantizer, model, feeds, ctx.measurer)
     result.model, result.choice, [d.row() for d in result.decisions]
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
-from onnxopt.passes.quant.nodetime import Anchors, Timing, profile_nodes, provider_warning, providers, session_options
+from onnxopt.passes.measurer import Measurer
+from onnxopt.passes.quant.nodetime import Anchors, Timing, profile_nodes
 from onnxopt.passes.quant.static import StaticQuantizer
 
 Timer = Callable[[onnx.ModelProto], Timing]
@@ -107,14 +109,16 @@ class Variant:
     keep: frozenset[str]
 
 
-def search(quantizer: StaticQuantizer, timer: Timer) -> tuple[list[Decision], dict[str, Variant], dict[str, float]]:
+def search(quantizer: StaticQuantizer, timer: Timer
+           ) -> tuple[list[Decision], dict[str, Variant], dict[str, float], list[str]]:
     """Per-group decisions and every variant built on the way: "int8" (all quantized) and "partial N"
-    after N refinement rounds. Refinement can cascade (one group in float puts Q/DQ at its
-    neighbours, which then look slow too), so the whole-model measurement picks among them all."""
+    after N refinement rounds, and the timer's notes. Refinement can cascade (one group in float puts
+    Q/DQ at its neighbours, which then look slow too), so the whole-model measurement picks among them all."""
     anchors = Anchors(quantizer.model, quantizer.quantizable())
     float_t, full = timer(quantizer.model), quantizer.quantize()
     int8_t = timer(full)
     unattributed = {"fp32": float_t.unattributed_us, "int8": int8_t.unattributed_us}
+    notes = list(dict.fromkeys(filter(None, [float_t.note, int8_t.note])))
     decisions = decide(anchors.members(), anchors.ops, float_t.per_anchor, int8_t.per_anchor)
     variants = {"int8": Variant(full, frozenset())}
     for round_no in range(ROUNDS + 1):
@@ -129,7 +133,7 @@ def search(quantizer: StaticQuantizer, timer: Timer) -> tuple[list[Decision], di
         unattributed[f"partial {round_no}"] = timing.unattributed_us
         if not refine(decisions, timing.per_anchor, round_no + 1):
             break
-    return decisions, variants, unattributed
+    return decisions, variants, unattributed, notes
 
 
 def _kept(decisions: Sequence[Decision]) -> set[str]:
@@ -147,20 +151,21 @@ def chosen(decisions: Sequence[Decision], keep: frozenset[str]) -> None:
 
 
 def latency_aware(quantizer: StaticQuantizer, original: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]],
-                  profile=None, *, timer: Timer | None = None, whole: Whole | None = None, judge=None,
-                  extra: Mapping[str, Variant] | None = None) -> LatencyResult:
+                  measurer: Measurer | None = None, *, timer: Timer | None = None, whole: Whole | None = None,
+                  judge=None, extra: Mapping[str, Variant] | None = None) -> LatencyResult:
     """The fastest by measured latency of: the fp32 input, full int8, the partial variants and
     ``extra`` (e.g. the accuracy search's model) -- among those that ``judge`` (a
-    :class:`~onnxopt.targets.Judge`: the user's target, or a fidelity floor) accepts."""
+    :class:`~onnxopt.targets.Judge`: the user's target, or a fidelity floor) accepts. ``measurer``
+    times them, unless both ``timer`` and ``whole`` are given."""
     if timer is None:
         anchors = Anchors(quantizer.model, quantizer.quantizable())
 
         def timer(model: onnx.ModelProto) -> Timing:
-            return profile_nodes(model, feeds, anchors, profile)
+            return profile_nodes(model, feeds, anchors, measurer)
     if whole is None:
         def whole(models: Mapping[str, onnx.ModelProto]) -> dict[str, list[float]]:
-            return measure_interleaved(models, feeds, profile)
-    decisions, variants, unattributed = search(quantizer, timer)
+            return measurer.whole(models, feeds)
+    decisions, variants, unattributed, timer_notes = search(quantizer, timer)
     variants.update(extra or {})
     times = whole({"fp32": original, **{label: v.model for label, v in variants.items()}})
     stats = {label: summarize(values, times["fp32"]) for label, values in times.items()}
@@ -171,7 +176,7 @@ def latency_aware(quantizer: StaticQuantizer, original: onnx.ModelProto, feeds: 
     model = original if choice == "fp32" else variants[choice].model
     chosen(decisions, frozenset(_kept(decisions)) if choice == "fp32" else variants[choice].keep)
     result = LatencyResult(model, choice, decisions, stats, unattributed_us=unattributed, scores=scores)
-    result.notes.extend(filter(None, [provider_warning(profile)]))
+    result.notes.extend(timer_notes)
     result.notes.extend(_notes(result))
     if judge is not None:
         result.notes.extend(_fidelity_notes(result, judge, stats))
@@ -215,29 +220,3 @@ def summarize(values: Sequence[float], reference: Sequence[float]) -> dict[str, 
     median = float(np.median(ms))
     return {"median_ms": median, "p10_ms": float(np.percentile(ms, 10)), "p90_ms": float(np.percentile(ms, 90)),
             "n": float(len(ms)), "speedup": float(np.median(reference) * 1e3 / median) if median else 0.0}
-
-
-def measure_interleaved(models: Mapping[str, onnx.ModelProto], feeds: Sequence[dict[str, np.ndarray]],
-                        profile=None, *, min_rounds: int = 15, max_rounds: int = 300,
-                        budget_s: float = 3.0) -> dict[str, list[float]]:
-    """Seconds per run of each model, round-robin (A B C A B C ...) in one process so that drift on
-    a shared machine hits all alike; runs until ``min_rounds`` and ``budget_s`` are both reached."""
-    import onnxruntime as ort
-
-    chain = providers(profile)
-    sessions = {label: ort.InferenceSession(m.SerializeToString(), session_options(profile), providers=chain)
-                for label, m in models.items()}
-    for session in sessions.values():
-        for feed in feeds[:3]:
-            session.run(None, feed)  # warm-up: arena growth, thread pool start
-    times: dict[str, list[float]] = {label: [] for label in sessions}
-    start, rounds = time.perf_counter(), 0
-    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < budget_s):
-        feed = feeds[rounds % len(feeds)]
-        for label, session in sessions.items():
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            times[label].append(time.perf_counter() - t0)
-        rounds += 1
-    return times
-

@@ -1,5 +1,8 @@
 """Per-node latency from onnxruntime's profiler, attributed back to the float model's nodes.
 
+The kernel times come from the pass context's measurer (its node profile runs in the
+measurement child, on the target profile); this module maps them to the float model.
+
 onnxruntime rewrites the graph before it runs it, so its kernel names are not the model's node
 names. What we saw on the corpus (onnxruntime 1.2x-1.3x, CPU, ``graph_optimization_level=all``):
 
@@ -21,24 +24,22 @@ DequantizeLinear of the node that produced its input.
 Example::
 
     anchors = Anchors(float_model, quantizer.quantizable())
-    timing = profile_nodes(int8_model, feeds, anchors, profile)
+    timing = profile_nodes(int8_model, feeds, anchors, ctx.measurer)
     timing.per_anchor["/stem/Conv"]   # median microseconds per run
 """
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
 
-from onnxopt.passes.quant.ortio import workdir, write_model
+from onnxopt.passes.measurer import Measurer, NodeTimes
 
 SUFFIXES = ("_kernel_time", "_nchwc", "_QuantizeLinear_Output", "_DequantizeLinear_Output", "_quantized",
             "_quant", "_output_quantized")
@@ -152,79 +153,36 @@ def attribute(anchors: Anchors, optimized: onnx.ModelProto, kernels: Iterable[st
 
 @dataclass
 class Timing:
-    """Median microseconds per run: per anchor, unattributed, and the sum of all kernels."""
+    """Median microseconds per run: per anchor, unattributed, and the sum of all kernels; ``note`` says
+    when the kernels ran on another provider than the target's."""
 
     per_anchor: dict[str, float]
     total_us: float
     unattributed_us: float
     runs: int
     kernels: dict[str, str | None] = field(default_factory=dict)  # kernel -> anchor, to check the mapping
+    note: str | None = None
 
 
-def session_options(profile=None):
-    """The device profile's own SessionOptions (``profile.session.ort_options()``, duck-typed: the
-    profile layer sits above the passes), else onnxruntime's defaults (all physical cores)."""
-    settings = getattr(profile, "session", None)
-    if settings is not None:
-        return settings.ort_options()
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return so
-
-
-def providers(profile=None) -> list[str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    wanted = [p.name for p in getattr(profile, "providers", None) or [] if getattr(p, "name", None) in available]
-    return wanted or ["CPUExecutionProvider"]
-
-
-def provider_warning(profile=None) -> str | None:
-    """Said when the timings cannot come from the profile's own provider (only this onnxruntime's
-    built-in providers are used for per-node timing: plugin EPs and missing ones are not)."""
-    target = next((p.name for p in getattr(profile, "providers", None) or []), None)
-    used = providers(profile)[0]
-    if target is None or target == used:
+def off_target(times: NodeTimes) -> str | None:
+    """Said when the kernels were timed on another provider than the target's (the profile allowed
+    fallback and the target's provider could not run here)."""
+    if times.provider == times.target:
         return None
-    return (f"WARNING: latency-aware timed the nodes on {used}, not on the profile's {target} (not available "
-            "in this onnxruntime); its choice holds for this machine, not necessarily for the target")
+    return (f"WARNING: latency-aware timed the nodes on {times.provider}, not on the profile's {times.target} "
+            "(not available here; the profile allows fallback): its choice holds for this machine, not "
+            "necessarily for the target")
 
 
-def profile_nodes(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], anchors: Anchors, profile=None,
-                  *, budget_s: float = 1.5, min_runs: int = 10, max_runs: int = 50, warmup: int = 3) -> Timing:
-    """Run ``model`` with onnxruntime's profiler on; per-anchor median kernel time per run. Runs enough
-    times to fill ``budget_s`` (within ``min_runs``..``max_runs``): medians of 10+ runs are stable on
-    a noisy 2-core machine, and the trace stays small."""
-    import time
-
-    import onnxruntime as ort
-
-    with workdir() as work:
-        so = session_options(profile)
-        so.enable_profiling = True
-        so.profile_file_prefix = str(work / "trace")
-        so.optimized_model_filepath = str(work / "optimized.onnx")
-        session = ort.InferenceSession(str(write_model(model, work / "model.onnx")), so, providers=providers(profile))
-        start = time.perf_counter()
-        for i in range(warmup):
-            session.run(None, feeds[i % len(feeds)])
-        per_run = (time.perf_counter() - start) / max(warmup, 1)
-        runs = int(min(max_runs, max(min_runs, budget_s / max(per_run, 1e-6))))
-        for i in range(runs):
-            session.run(None, feeds[i % len(feeds)])
-        events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
-        optimized = onnx.load(str(work / "optimized.onnx"), load_external_data=False)
-    durations: dict[str, list[float]] = defaultdict(list)
-    for event in events:
-        if event.get("cat") == "Node" and str(event.get("name", "")).endswith("_kernel_time"):
-            durations[event["name"].removesuffix("_kernel_time")].append(float(event["dur"]))
-    medians = {k: statistics.median(v[warmup:] or v) for k, v in durations.items()}
-    mapping = attribute(anchors, optimized, medians)
+def profile_nodes(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], anchors: Anchors,
+                  measurer: Measurer, *, budget_s: float = 1.5) -> Timing:
+    """Per-anchor median kernel time per run of ``model``, from the measurer's node profile over
+    about ``budget_s`` of runs."""
+    times = measurer.nodes(model, feeds, budget_s=budget_s)
+    medians = {k: statistics.median(v) for k, v in times.kernels.items() if v}
+    mapping = attribute(anchors, times.optimized, medians)
     per_anchor: dict[str, float] = defaultdict(float)
     for kernel, us in medians.items():
         per_anchor[mapping[kernel] or ""] += us
     unattributed = per_anchor.pop("", 0.0)
-    return Timing(dict(per_anchor), sum(medians.values()), unattributed, runs, mapping)
+    return Timing(dict(per_anchor), sum(medians.values()), unattributed, times.runs, mapping, off_target(times))

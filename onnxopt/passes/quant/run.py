@@ -40,6 +40,8 @@ def _static(model: onnx.ModelProto, cfg: QuantizeConfig, ctx, notes: list[str]) 
     if ctx.data is None:
         raise ConfigError("static quantization needs calibration data and none was given",
                           "pass --calib data.npz or an image folder (or --calib synthetic for a smoke test only)")
+    if cfg.latency_aware:  # before calibration, which is the slow part
+        ctx.need_measurer("quantize latency_aware=true")
     settings = resolve(cfg, ctx.profile)
     notes.append(f"format: {settings.reason}")
     quantizer = StaticQuantizer(model, ctx.data, cfg, settings)
@@ -78,9 +80,10 @@ def _latency_aware(model: onnx.ModelProto, quantizer, ctx, notes: list[str]) -> 
     from onnxopt.passes.quant.calib import dataset_feeds
     from onnxopt.passes.quant.latency import latency_aware
 
+    measurer = ctx.need_measurer("quantize latency_aware=true")
     feeds = list(dataset_feeds(ctx.data, input_specs(quantizer.model), LATENCY_SAMPLES))
     judge, extra = _fidelity_bar(quantizer, ctx, notes)
-    result = latency_aware(quantizer, model, feeds, ctx.profile, judge=judge, extra=extra)
+    result = latency_aware(quantizer, model, feeds, measurer, judge=judge, extra=extra)
     notes.extend(result.notes)
     ctx.details["quantize"].update(
         latency_aware={"choice": result.choice, "whole_model": result.whole, "scores": result.scores,

@@ -1,12 +1,15 @@
 """Latency-aware partial quantization: the decision logic on a fake timing table, the kernel ->
-node mapping on real onnxruntime profiles, and the pass end to end on digits and a light zoo model."""
+node mapping on real onnxruntime profiles, and the pass end to end on digits and a light zoo model.
+Timing goes through the pass context's measurer: the profiling service on a fast CPU profile."""
 
 from __future__ import annotations
 
 import onnx
+import onnxruntime as ort
 import pytest
 
 from onnxopt.data import load_data
+from onnxopt.errors import ConfigError
 from onnxopt.model import input_specs
 from onnxopt.passes import PassContext
 from onnxopt.passes.quant import Quantize, latency
@@ -14,8 +17,29 @@ from onnxopt.passes.quant.calib import dataset_feeds
 from onnxopt.passes.quant.nodetime import Anchors, Timing, profile_nodes
 from onnxopt.passes.quant.quantize import QuantizeConfig, resolve
 from onnxopt.passes.quant.static import StaticQuantizer
+from onnxopt.profiling.service import ProfileMeasurer
 from onnxopt.targets import parse_target
 from onnxopt.zoo import corpus
+from tests.profiling.helpers import fast_profile
+
+
+@pytest.fixture(scope="module")
+def measurer() -> ProfileMeasurer:
+    return ProfileMeasurer(fast_profile("cpu"))
+
+
+class TableWhole:
+    """The real node profiler, with whole-model times from ``table(models)`` (seconds per round)."""
+
+    def __init__(self, table):
+        self.real, self.table = ProfileMeasurer(fast_profile("cpu")), table
+        self.target = self.real.target
+
+    def nodes(self, model, feeds, *, budget_s: float = 1.5):
+        return self.real.nodes(model, feeds, budget_s=budget_s)
+
+    def whole(self, models, feeds):
+        return self.table(models)
 
 
 @pytest.fixture(scope="module")
@@ -79,26 +103,26 @@ def test_an_earlier_variant_wins_when_refinement_cascades(digits_quantizer):
     assert "later" in rows[heads[1]].reason
 
 
-def test_slower_than_fp32_falls_back_loudly(digits, monkeypatch):
+def test_slower_than_fp32_falls_back_loudly(digits):
     model, calib, _ = digits
 
-    def fp32_always_fastest(models, feeds, profile=None):
+    def fp32_always_fastest(models):
         return {label: [0.001 if label == "fp32" else 0.002] * 5 for label in models}
 
-    monkeypatch.setattr(latency, "measure_interleaved", fp32_always_fastest)
-    ctx = PassContext(data=calib)
+    ctx = PassContext(data=calib, measurer=TableWhole(fp32_always_fastest))
     out = Quantize(latency_aware=True, calib_size=16).apply(model, ctx)
     assert out.SerializeToString() == model.SerializeToString()
     assert any(n.startswith("WARNING") and "UNCHANGED" in n for n in ctx.notes)
     assert ctx.details["quantize"]["latency_aware"]["choice"] == "fp32"
 
 
-def test_kernel_mapping_on_digits_profiles(digits_quantizer, digits):
+def test_kernel_mapping_on_digits_profiles(digits_quantizer, digits, measurer):
     q = digits_quantizer
     anchors = Anchors(q.model, q.quantizable())
     feeds = list(dataset_feeds(digits[1], input_specs(q.model), 2))
     for model in (q.model, q.quantize()):
-        timing = profile_nodes(model, feeds, anchors, budget_s=0.2)
+        timing = profile_nodes(model, feeds, anchors, measurer, budget_s=0.2)
+        assert timing.note is None  # timed on the profile's own provider
         assert timing.unattributed_us <= 0.05 * timing.total_us, [k for k, a in timing.kernels.items() if not a]
         convs = [h for h in anchors.members() if anchors.ops[h] == "Conv"]
         assert all(timing.per_anchor.get(c, 0) > 0 for c in convs)  # every conv group got its kernel time
@@ -108,7 +132,7 @@ def test_kernel_mapping_on_digits_profiles(digits_quantizer, digits):
 
 
 def check_latency_report(model, data, **options) -> tuple[onnx.ModelProto, dict, list[str]]:
-    ctx = PassContext(data=data)
+    ctx = PassContext(data=data, measurer=ProfileMeasurer(fast_profile("cpu")))
     out = Quantize(latency_aware=True, **options).apply(model, ctx)
     onnx.checker.check_model(out, full_check=True)
     report = ctx.details["quantize"]["latency_aware"]
@@ -221,10 +245,9 @@ def test_fidelity_bar_refuses_the_faster_broken_variant_loudly(digits_quantizer)
     assert any(n.startswith("WARNING") and "UNCHANGED" in n for n in strict.notes)
 
 
-def test_latency_aware_with_a_target_races_the_mixed_model(digits, monkeypatch):
+def test_latency_aware_with_a_target_races_the_mixed_model(digits):
     model, calib, _ = digits
-    monkeypatch.setattr(latency, "measure_interleaved", lambda models, feeds, profile=None: _int8_fastest(models))
-    ctx = PassContext(data=calib)
+    ctx = PassContext(data=calib, measurer=TableWhole(_int8_fastest))
     out = Quantize(latency_aware=True, target="cosine>=0.99", calib_size=100).apply(model, ctx)
     report = ctx.details["quantize"]["latency_aware"]
     assert {"fp32", "int8", "mixed"} <= set(report["whole_model"]) and report["choice"] == "int8"
@@ -237,9 +260,8 @@ def test_latency_aware_without_a_target_holds_a_cosine_floor(digits, monkeypatch
     from onnxopt.passes.quant import run
 
     model, calib, _ = digits
-    monkeypatch.setattr(latency, "measure_interleaved", lambda models, feeds, profile=None: _int8_fastest(models))
     monkeypatch.setattr(run, "FLOOR", 1.01)  # no variant can reach it: the fp32 input comes back, loudly
-    ctx = PassContext(data=calib)
+    ctx = PassContext(data=calib, measurer=TableWhole(_int8_fastest))
     out = Quantize(latency_aware=True, calib_size=16).apply(model, ctx)
     assert out.SerializeToString() == model.SerializeToString()
     assert ctx.details["quantize"]["latency_aware"]["choice"] == "fp32"
@@ -247,19 +269,38 @@ def test_latency_aware_without_a_target_holds_a_cosine_floor(digits, monkeypatch
 
 
 def test_timing_off_the_profiles_provider_is_said_loudly(digits):
-    """Per-node timing uses this onnxruntime's providers; for a profile whose provider is missing
-    (CUDA here) or a plugin, the choice is made on the CPU and the notes must say so."""
-    import onnxruntime as ort
+    """Where the profile allows fallback and its provider cannot run here (the WebGPU plugin without
+    a GPU or its package, CUDA without onnxruntime-gpu), the nodes are timed on the CPU: the notes
+    must say so. Without fallback the measurer refuses, naming the provider."""
+    from onnxopt.errors import PassError, ProviderUnavailableError
 
-    from onnxopt.passes.quant.nodetime import provider_warning
-    from onnxopt.profiling import get_profile
-
-    assert provider_warning(get_profile("cpu-1t")) is None and provider_warning(None) is None
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        warning = provider_warning(get_profile("cuda"))
-        assert warning.startswith("WARNING") and "CUDAExecutionProvider" in warning
-    assert "WebGpuExecutionProvider" in provider_warning(get_profile("webgpu"))
     model, calib, _ = digits
-    ctx = PassContext(data=calib, profile=get_profile("webgpu"))
+    ctx = PassContext(data=calib, measurer=ProfileMeasurer(fast_profile("webgpu", allow_fallback=True)))
     Quantize(latency_aware=True, calib_size=16).apply(model, ctx)
-    assert any(n.startswith("WARNING: latency-aware timed the nodes on CPUExecutionProvider") for n in ctx.notes)
+    assert any(n.startswith("WARNING: latency-aware timed the nodes on CPUExecutionProvider, not on the "
+                            "profile's WebGpuExecutionProvider") for n in ctx.notes), ctx.notes
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises((ProviderUnavailableError, PassError), match="CUDAExecutionProvider"):
+            Quantize(latency_aware=True, calib_size=16).apply(model, PassContext(
+                data=calib, measurer=ProfileMeasurer(fast_profile("cuda"))))
+
+
+def test_latency_aware_without_a_measurer_says_what_to_do(digits):
+    model, calib, _ = digits
+    with pytest.raises(ConfigError, match="no measurer") as info:
+        Quantize(latency_aware=True, calib_size=16).apply(model, PassContext(data=calib))
+    assert "onnxopt.optimize" in info.value.hint
+
+
+def test_optimize_gives_passes_the_profiles_measurer(digits):
+    """The API wires the target profile's measuring service into the context (the ``cpu`` profile
+    when none is given, as ``make demo`` runs it)."""
+    import onnxopt
+    from tests.conftest import DIGITS, DIGITS_EVAL
+
+    result = onnxopt.optimize(DIGITS, "quantize:latency_aware=true,calib_size=16", calib=DIGITS_EVAL,
+                              profile=fast_profile(), fidelity=False)
+    [record] = result.report.passes
+    report = record.details["quantize"]["latency_aware"]
+    assert report["whole_model"]["fp32"]["n"] >= fast_profile().measure.min_repeats
+    assert "format: QDQ" in record.notes[0] and "cpu-1t-fast" in record.notes[0]
