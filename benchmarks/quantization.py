@@ -5,8 +5,12 @@ PP-OCR det (at 1x3x320x320) and cls are calibrated on the text-like pages of tes
 (seed 0) and scored on other pages (seed 1); digits on its first 150 labelled images and scored on
 the last 300; the light zoo models (random weights) on synthetic inputs (calib seed 0, score seed 1).
 "iou" is the text-mask IoU (maps > 0.3) for det, "-" elsewhere.
-Latency: the variants are timed round-robin (A B C A B C ...) in one process so drift hits all
-alike; each cell is the median over rounds with p10-p90 spread, and the ratio is fp32/variant.
+Latency: the profiling service times the variants round-robin (A B C A B C ...) in one measurement
+child so drift hits all alike, on the ``cpu`` profile with each item's session at 1 (then 2)
+intra-op threads, until the profile's protocol is met (every median's 95% CI within 1%, or 20 s);
+each cell is the median over rounds with p10-p90 spread, and the ratio is fp32/variant per round.
+Latency-aware variants are chosen by timing on the same ``cpu`` profile (what ``onnxopt.optimize``
+uses when no profile is given).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,6 +30,9 @@ from onnxopt.model import fix_input_shapes  # noqa: E402
 from onnxopt.passes import PassContext  # noqa: E402
 from onnxopt.passes.quant import Fp16, Quantize  # noqa: E402
 from onnxopt.passes.quant.prepare import negative_dims_to_symbolic  # noqa: E402
+from onnxopt.profiling import get_profile  # noqa: E402
+from onnxopt.profiling.measure import Item, measure_with_times  # noqa: E402
+from onnxopt.profiling.service import ProfileMeasurer  # noqa: E402
 from onnxopt.targets import mask_iou  # noqa: E402
 from onnxopt.zoo import corpus  # noqa: E402
 from tests.corpus_data import cls_inputs, det_inputs  # noqa: E402
@@ -58,28 +64,28 @@ def model_and_data(name: str) -> tuple:
     return model, load_data("synthetic:n=8,seed=0", model), load_data("synthetic:n=8,seed=1", model)
 
 
-def interleaved(models: dict, feed: dict, threads: int, rounds: int = 30) -> dict[str, list[float]]:
-    sessions = {}
-    for name, model in models.items():
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.log_severity_level = threads, 3
-        sessions[name] = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        sessions[name].run(None, feed)  # warm-up
-    times: dict[str, list[float]] = {n: [] for n in models}
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, feed)
-            times[name].append(time.perf_counter() - start)
-    return times
+PROFILE = "cpu"
+
+
+def interleaved(models: dict, feed: dict, threads: int) -> dict[str, list[float]]:
+    """Seconds per round of each model, timed interleaved by the profiling service at ``threads``."""
+    prof = get_profile(PROFILE)
+    session = prof.session.model_copy(update={"intra_op_threads": threads})
+    feeds = [feed]
+    results, times = measure_with_times([Item(n, m, feeds, session=session) for n, m in models.items()], prof)
+    failed = [f"{r.model}: {r.error}" for r in results if not r.ok]
+    if failed:
+        raise SystemExit(f"timing failed: {failed[0]}")
+    return dict(zip(models, times, strict=True))
 
 
 def convert_all(model, data) -> tuple[dict, dict]:
     """Every mode's model and conversion seconds; a mode that fails or refuses is reported and skipped."""
     variants, convert = {"fp32": model}, {"fp32": 0.0}
+    measurer = ProfileMeasurer(PROFILE)
     for label, options in MODES.items():
         start = time.perf_counter()
-        ctx = PassContext(data=data.take(min(len(data), 32)))
+        ctx = PassContext(data=data.take(min(len(data), 32)), measurer=measurer)
         try:
             chosen = Fp16() if options is None else Quantize(**options)
             variants[label] = chosen.apply(model, ctx)

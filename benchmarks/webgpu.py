@@ -6,8 +6,8 @@ and the GPU's Vulkan driver. ``--profile cpu`` runs the same comparison on the C
 
 Each model is converted here (``fp16`` with its fidelity check, static int8 QDQ), the variants are
 timed interleaved by ``onnxopt.profile`` (ratio fp32/variant with its 95% CI from paired rounds),
-and each variant's outputs *on the target* are compared with fp32 on the CPU, so a precision the
-GPU computes differently (fp16 accumulation) shows up in the cosine.
+and each variant's outputs *on the target* (run by the measurement child) are compared with fp32
+on the CPU, so a precision the GPU computes differently (fp16 accumulation) shows up in the cosine.
 """
 
 from __future__ import annotations
@@ -52,28 +52,16 @@ def model_and_data(name: str):
     return model, load_data("synthetic:n=8,seed=0", model)
 
 
-def target_session(model, profile):
-    """A session on the profile's provider chain, plugin EPs registered as the profiler does."""
-    import onnxruntime as ort
-
-    from onnxopt.profiling.child import open_session, plugin_devices
-    from onnxopt.profiling.measure import provider_chain
-
-    chain = provider_chain(profile)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    devices = plugin_devices(chain.plugins, chain.names, False)
-    return open_session(model.SerializeToString(), so, chain.names, chain.options, devices)
-
-
 def cosine_on_target(reference, candidate, data, profile) -> float:
+    """Mean row cosine of ``candidate``'s first output computed on the target (by the measurement
+    child, on the profile's provider chain) against ``reference`` on the CPU."""
     from onnxopt.agreement import row_cosines
     from onnxopt.evaluate import run
+    from onnxopt.profiling.service import ProfileMeasurer
 
     expected = next(iter(run(reference, data).values()))
-    session = target_session(candidate, profile)
     feeds = list(data.feeds(onnxopt.model.input_specs(candidate), 1))
-    got = np.concatenate([session.run(None, f)[0] for f in feeds])
+    got = np.concatenate([outputs[0] for outputs in ProfileMeasurer(profile).outputs(candidate, feeds)])
     return float(np.mean(row_cosines(expected, got)))
 
 
