@@ -26,7 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "tune": ("onnxopt.tuning",),
     "batch": ("onnxopt.batch", "onnxopt.executors"),
     "api": ("onnxopt.api", "onnxopt"),
-    "cli": ("onnxopt.cli",),
+    "cli": ("onnxopt.cli", "onnxopt.cli_tune"),
 }
 
 _API = {
@@ -47,6 +47,8 @@ _API = {
     "Dataset": "onnxopt.data",
     "fidelity": "onnxopt.evaluate",
     "OnnxOptError": "onnxopt.errors",
+    "tune": "onnxopt.tuning",
+    "TuneResult": "onnxopt.tuning",
 }
 
 __all__ = sorted(_API)

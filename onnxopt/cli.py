@@ -426,6 +426,16 @@ def _plot_sensitivity(report, path: Path) -> None:
     plt.close(fig)
 
 
+def _register_tune() -> None:
+    from onnxopt.cli_tune import report_cmd, tune_cmd
+
+    app.command("tune")(tune_cmd)
+    app.command("report")(report_cmd)
+
+
+_register_tune()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and turn every error into one line and an exit code."""
     from onnxopt.errors import OnnxOptError

@@ -43,11 +43,12 @@ def parse_target(text: str) -> list[Criterion]:
     """``"cosine>=0.999|top1>=0.99"`` -> criteria (all must hold)."""
     criteria = []
     for part in filter(None, (p.strip() for p in re.split(r"[|;&]", text))):
-        match = re.fullmatch(r"(cosine|top1|iou|max_drop)\s*(>=|=|<=)\s*([0-9.eE+-]+)", part)
+        match = re.fullmatch(r"(cosine|top1|iou|max_drop|drop)\s*(>=|=|<=)\s*([0-9.eE+-]+)", part)
         if not match:
             raise ConfigError(f"bad target {part!r}",
-                              "write cosine>=0.999, top1>=0.99, iou>=0.9 or max_drop=0.01 (join with |)")
-        criteria.append(Criterion(match.group(1), float(match.group(3))))
+                              "write cosine>=0.999, top1>=0.99, iou>=0.9 or drop<=0.01 (join with |)")
+        kind = "max_drop" if match.group(1) == "drop" else match.group(1)  # drop<=0.01 reads as it means
+        criteria.append(Criterion(kind, float(match.group(3))))
     if not criteria:
         raise ConfigError("the target is empty", "e.g. target=cosine>=0.999")
     return criteria

@@ -158,10 +158,15 @@ class Quantize(Pass):
 
     name = "quantize"
     Config = QuantizeConfig
+    # the tuner starts from the config default (the first value where it is None); format and types give way to
+    # the profile's quant_formats where it lists them
     tunable = {
+        "mode": Choice(("static", "dynamic")),
+        "latency_aware": Choice((True, False)),
         "format": Choice(("qdq", "qoperator")),
         "per_channel": Choice((True, False)),
-        "method": Choice(("minmax", "entropy", "percentile")),
+        "method": Choice(("minmax", "entropy", "percentile", "mse")),
+        "rounding": Choice(("nearest", "gptq")),
         "activation_type": Choice(("u8", "s8")),
         "weight_type": Choice(("s8", "u8")),
         "symmetric_activations": Choice((False, True)),

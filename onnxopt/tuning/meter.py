@@ -1,0 +1,86 @@
+"""Latency for the tuner: candidates measured interleaved with the input model by the profiler.
+
+The tuner only sees the :class:`Meter` protocol (a list of (label, model, session overrides) in, one
+:class:`Latency` per item out, ratios relative to the first item), so tests can hand it a fake. The
+real one, :class:`ProfilerMeter`, runs the profiler's isolated measurement child; one lock serializes
+measurements, so two never share the device even with parallel trials.
+
+Example::
+
+    meter = ProfilerMeter(get_profile("cpu-1t"), feeds)
+    ref, cand = meter([("input", model, {}), ("t3", candidate, {"graph_optimization_level": "basic"})])
+    cand.ratio, cand.ci_low, cand.ci_high
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+
+MeasureItem = tuple[str, onnx.ModelProto, Mapping[str, Any]]
+
+
+@dataclass
+class Latency:
+    """One item's latency; ``ratio`` and its interval are relative to the first item of the same run."""
+
+    label: str
+    ok: bool
+    median_ms: float | None = None
+    ratio: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    memory_mb: float | None = None
+    error: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Meter(Protocol):
+    def __call__(self, items: Sequence[MeasureItem]) -> list[Latency]: ...
+
+
+class ProfilerMeter:
+    """Measures with ``onnxopt.profiling`` on a profile, each item under its own session settings."""
+
+    def __init__(self, profile, feeds: list[dict[str, np.ndarray]], timeout_s: float | None = None):
+        self.profile, self.feeds, self.timeout_s = profile, feeds, timeout_s
+        self.lock = threading.Lock()
+        self.device: dict[str, Any] = {}
+
+    def __call__(self, items: Sequence[MeasureItem]) -> list[Latency]:
+        from onnxopt.profiling.measure import Item, measure_with_times
+        from onnxopt.profiling.results import ratio
+
+        measured = [Item(label, model, self.feeds, synthetic=False, session=self._session(overrides))
+                    for label, model, overrides in items]
+        with self.lock:
+            results, times = measure_with_times(measured, self.profile, timeout_s=self.timeout_s)
+        out = []
+        for result, item_times, (label, _, _) in zip(results, times, items, strict=True):
+            if not result.ok:
+                out.append(Latency(label, False, error=f"{result.failure}: {result.error}"))
+                continue
+            self.device = {"onnxruntime": result.onnxruntime_version, "providers": result.providers_used}
+            r = ratio(label, items[0][0], np.asarray(item_times), np.asarray(times[0])) if times[0] else None
+            out.append(Latency(label, True, result.latency_ms.median, r.ratio if r else None,
+                               r.ci_low if r else None, r.ci_high if r else None, result.session_rss_mb))
+        return out
+
+    def _session(self, overrides: Mapping[str, Any]):
+        return self.profile.session.model_copy(update=dict(overrides)) if overrides else self.profile.session
+
+
+def feeds_for(model: onnx.ModelProto, data, samples: int) -> list[dict[str, np.ndarray]]:
+    """The first ``samples`` single-sample feeds of ``data`` for ``model``'s inputs."""
+    from itertools import islice
+
+    from onnxopt.model import input_specs
+
+    return list(islice(data.feeds(input_specs(model), 1), samples))

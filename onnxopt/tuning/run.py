@@ -1,0 +1,264 @@
+"""``tune()``: search pass settings and session settings by latency measured on the target and by
+accuracy, and return the fastest model that meets the target with the Pareto front.
+
+The decision is made outside the noise: every trial is measured interleaved with the input model,
+and at the end the front's fastest candidates are re-measured together against the input in one
+interleaved run; a candidate is chosen only when its latency ratio's interval lies below 1. If none
+does, the input model is returned and the result says so.
+
+Example (right after ``torch.onnx.export``)::
+
+    result = onnxopt.tuning(model_proto, profile="cpu-1t", calib="calib.npz", target="cosine>=0.999", budget=20)
+    result.model, result.best.spec, [t.spec for t in result.front]
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxopt import model as model_io
+from onnxopt.errors import ConfigError
+from onnxopt.tuning.cache import TrialCache, digest
+from onnxopt.tuning.meter import Latency, Meter, ProfilerMeter, feeds_for
+from onnxopt.tuning.pareto import front_indices
+from onnxopt.tuning.search import Event, Trial, Tuner
+from onnxopt.tuning.space import Space, build_space
+from onnxopt.tuning.trial import Payload
+
+DEFAULT_TARGET = "cosine>=0.99"
+FINALISTS = 5  # front members re-measured together at the end (fastest first)
+EVAL_SAMPLES = 128  # held-out samples taken from the end of the calibration data when no --data is given
+DB_NAME = "trials.sqlite"
+
+
+@dataclass
+class TuneResult:
+    """The chosen model (the input when nothing is faster beyond the noise), the front and every trial."""
+
+    model: onnx.ModelProto
+    best: Trial | None
+    front: list[Trial]
+    trials: list[Trial]
+    final: list[Latency]
+    space: Space
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def improved(self) -> bool:
+        return self.best is not None
+
+
+def parse_duration(text: str | float | None) -> float | None:
+    """``"30m"``, ``"90s"``, ``"1h"`` or seconds -> seconds."""
+    if text is None or isinstance(text, int | float):
+        return text
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([smh]?)\s*", text)
+    if not match:
+        raise ConfigError(f"bad duration {text!r}", "write e.g. 90s, 30m or 1h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def tune(
+    model: model_io.ModelSource,
+    *,
+    profile: Any = None,
+    calib: Any = None,
+    data: Any = None,
+    metric: str | None = None,
+    target: str | None = None,
+    budget: int = 20,
+    time_limit: str | float | None = None,
+    strategy: str = "ngopt",
+    seed: int = 0,
+    jobs: int = 1,
+    recipe: str | os.PathLike | Mapping[str, Any] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    executor: cf.Executor | None = None,
+    meter: Meter | None = None,
+    on_event: Event | None = None,
+    trial_timeout_s: float = 900.0,
+    fault: dict | None = None,
+) -> TuneResult:
+    """Search, decide and (with ``out_dir``) write ``best.onnx``, ``pareto/``, ``trials.csv`` and the report.
+
+    Without ``out_dir`` everything stays in memory (the trial cache too). ``meter`` replaces the
+    profiler (tests use a fake); ``executor`` builds trials (default: a spawned process pool of
+    ``jobs`` workers, so a crashing candidate cannot take the tuner down). ``fault`` is test-only."""
+    from onnxopt.data import load_data
+    from onnxopt.profiling.profiles import get_profile
+    from onnxopt.targets import parse_target
+
+    if budget < 1:
+        raise ConfigError("the budget must be at least 1 trial")
+    target = target or DEFAULT_TARGET
+    parse_target(target)  # a bad target fails now, not in every trial
+    prof = get_profile(profile if profile is not None else "cpu")
+    source = model
+    model = model_io.load(model, shapes=shapes)
+    calib_set, eval_set = _datasets(load_data, model, calib, data, shapes)
+    space = build_space(prof, _recipe(recipe))
+    payload = Payload(model.SerializeToString(), calib_set, eval_set, prof, dict(shapes) if shapes else None,
+                      target, metric, fault)
+    meter = meter or ProfilerMeter(prof, feeds_for(model, eval_set, prof.inputs.samples))
+    cache = TrialCache(_db_path(out_dir) if out_dir is not None else None)
+    context = _context_key(payload, prof, eval_set, seed)
+    cache.start_run(context, {"profile": prof.name, "target": target, "strategy": strategy, "seed": seed,
+                              "budget": budget})
+    tuner = Tuner(model, space, payload, meter, strategy=strategy, budget=budget, time_s=parse_duration(time_limit),
+                  seed=seed, jobs=jobs, cache=cache, context_key=context, seeds=seed_points(space),
+                  executor=executor, trial_timeout_s=trial_timeout_s, on_event=on_event)
+    trials = tuner.run()
+    result = decide(model, trials, tuner, meter, space, target, on_event)
+    result.summary.update(profile=prof.name, target=target, strategy=strategy, seed=seed, budget=budget,
+                          input=str(source) if isinstance(source, str | os.PathLike) else "(in memory)",
+                          data=eval_set.source, synthetic=eval_set.synthetic)
+    if out_dir is not None:
+        from onnxopt.tuning.report import write_outputs
+
+        write_outputs(result, prof, Path(out_dir), protect=(source,) if isinstance(source, str | os.PathLike) else ())
+        cache.start_run(context, {**result.summary, "final": [f.row() for f in result.final]})
+    cache.close()
+    return result
+
+
+def _datasets(load_data, model, calib, data, shapes):
+    """Calibration and evaluation data; without ``data`` the last samples of ``calib`` are held out."""
+    calib_set = load_data(calib, model, shapes=shapes) if calib is not None else None
+    if data is not None:
+        return calib_set, load_data(data, model, shapes=shapes)
+    if calib_set is not None and len(calib_set) >= 8:
+        held = min(EVAL_SAMPLES, len(calib_set) // 2)
+        return calib_set.take(len(calib_set) - held), calib_set.tail(held)
+    return calib_set, load_data("synthetic:n=16", model, shapes=shapes)
+
+
+def _recipe(recipe) -> dict[str, Any] | None:
+    if recipe is None or isinstance(recipe, Mapping):
+        return dict(recipe) if recipe is not None else None
+    import tomllib
+
+    try:
+        with open(recipe, "rb") as handle:
+            table = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the recipe {recipe}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the recipe {recipe} is not valid TOML: {exc}") from None
+    return table.get("tune", table)
+
+
+def _db_path(out_dir) -> Path:
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / DB_NAME
+
+
+def _context_key(payload: Payload, prof, eval_set, seed: int) -> str:
+    """What makes two trials of the same point comparable: input, data, target, profile, versions."""
+    import onnxruntime
+
+    from onnxopt import __version__
+
+    calib = payload.calib.source if payload.calib is not None else None
+    return digest(payload.model, calib, eval_set.source, len(eval_set), payload.target, payload.metric,
+                  prof.model_dump(mode="json"), __version__, onnxruntime.__version__, seed)
+
+
+def seed_points(space: Space) -> list[tuple[str, dict[str, Any]]]:
+    """Told first: the input model, each single technique at its default, and the plain default."""
+    dims = {d.name: d for d in space.dims}
+    candidates = [("input", {"simplify.enabled": False}), ("simplify", {}),
+                  ("prune", {"prune.enabled": True}),
+                  ("int8", {"precision": "int8", "quantize.latency_aware": True}),
+                  ("fp16", {"precision": "fp16"})]
+    seeds = []
+    for name, values in candidates:
+        if all(k in dims and (dims[k].is_range or v in dims[k].values) for k, v in values.items()):
+            seeds.append((name, values))
+    return seeds
+
+
+# ---------------------------------------------------------------- the decision
+
+
+def objectives(trial: Trial) -> tuple[float, float, float, float]:
+    """Minimized: latency ratio, size, accuracy loss (1 - cosine, or the metric drop), memory."""
+    scores = trial.scores
+    loss = scores.get("max_drop")
+    if loss is None:
+        loss = 1.0 - (scores.get("cosine") or 0.0)
+    memory = trial.latency.memory_mb if trial.latency and trial.latency.memory_mb is not None else 0.0
+    return (trial.latency.ratio, float(trial.size or 0), float(loss), float(memory))
+
+
+def decide(model: onnx.ModelProto, trials: list[Trial], tuner: Tuner, meter: Meter, space: Space, target: str,
+           on_event: Event | None) -> TuneResult:
+    """Re-measure the front's fastest together with the input; choose the fastest faster beyond the noise."""
+    ok = [t for t in trials if t.status == "ok" and t.latency and t.latency.ratio is not None]
+    front = [ok[i] for i in front_indices([objectives(t) for t in ok])]
+    front.sort(key=lambda t: t.latency.ratio)
+    finalists = [t for t in front if not space.is_input(t.point)][:FINALISTS]
+    _rebuild_missing(finalists, tuner)
+    finalists = [t for t in finalists if t.model is not None]
+    if on_event:
+        on_event("final", {"finalists": finalists})
+    items = [("input", model, {})] + [(f"t{t.seq}", onnx.load_from_string(t.model), t.session) for t in finalists]
+    final = meter(items) if finalists else []
+    by_label = {lat.label: lat for lat in final}
+    winners = [t for t in finalists if by_label.get(f"t{t.seq}") and by_label[f"t{t.seq}"].ok
+               and by_label[f"t{t.seq}"].ci_high is not None and by_label[f"t{t.seq}"].ci_high < 1.0]
+    winners.sort(key=lambda t: by_label[f"t{t.seq}"].ratio)
+    best = winners[0] if winners else None
+    summary: dict[str, Any] = {"trials": len(trials), "ok": len(ok),
+                               "violates": sum(t.status == "violates" for t in trials),
+                               "failed": sum(t.status == "failed" for t in trials),
+                               "cached": sum(t.cached for t in trials)}
+    if best is None:
+        summary["decision"] = ("no candidate was faster than the input beyond the measurement noise "
+                               "(re-measured together); the input model is returned")
+        chosen = model
+    else:
+        lat = by_label[f"t{best.seq}"]
+        summary["decision"] = (f"trial {best.seq} ({best.spec}) runs at {lat.ratio:.3f}x the input's latency "
+                               f"[{lat.ci_low:.3f}, {lat.ci_high:.3f}] (re-measured with the front, interleaved)")
+        chosen = onnx.load_from_string(best.model)
+    summary["settings_worth"] = settings_worth(trials, space)
+    return TuneResult(chosen, best, front, trials, final, space, summary)
+
+
+def _rebuild_missing(finalists: list[Trial], tuner: Tuner) -> None:
+    """Trials reused from the cache carry no model: build them again (same input and config, same bytes)."""
+    missing = {i: {"steps": tuner.space.pipeline(t.point), "seed": tuner.seed, "spec": t.spec}
+               for i, t in enumerate(finalists) if t.model is None}
+    if not missing:
+        return
+    built = tuner._build(missing)
+    tuner._close_pool()
+    for i, result in built.items():
+        if result.get("model"):
+            finalists[i].model = result["model"]
+
+
+def settings_worth(trials: list[Trial], space: Space) -> dict[str, dict[str, float]]:
+    """For each searched session setting, the median latency ratio of the measured trials per value."""
+    import statistics
+
+    out: dict[str, dict[str, float]] = {}
+    for dim in space.dims:
+        if not dim.name.startswith("session."):
+            continue
+        by_value: dict[str, list[float]] = {}
+        for t in trials:
+            if t.status == "ok" and t.latency and t.latency.ratio is not None:
+                by_value.setdefault(str(t.point.get(dim.name, dim.default)), []).append(t.latency.ratio)
+        out[dim.name] = {v: round(statistics.median(r), 4) for v, r in by_value.items()}
+    return out

@@ -1,0 +1,270 @@
+"""The search loop: seeds first, then the strategy's asks, each trial built in a worker and measured
+on the target interleaved with the input model; the final candidates re-measured together.
+
+Strategies: ``ngopt`` (nevergrad's NGOpt, the default), ``random``, ``bo`` (nevergrad's Bayesian
+optimizer), ``cma``, ``de``, ``portfolio``, and ``grid`` (every point of the discretized space,
+in order; nevergrad has no grid optimizer). The optimizer is seeded and told trials in ask order,
+so the same seed asks the same sequence, and a re-run replays cached trials without rebuilding them.
+
+Example::
+
+    tuner = Tuner(model, space, payload, meter, strategy="ngopt", budget=20, seed=0)
+    trials = tuner.run()
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from onnxopt.errors import ConfigError
+from onnxopt.tuning.cache import TrialCache
+from onnxopt.tuning.meter import Latency, Meter
+from onnxopt.tuning.space import Space
+from onnxopt.tuning.trial import Payload, init_worker, run_in_worker, run_trial
+
+STRATEGIES = {"ngopt": "NGOpt", "random": "RandomSearch", "bo": "BO", "cma": "CMA", "de": "DE",
+              "portfolio": "Portfolio", "grid": None}
+FAILED_LOSS = 10.0  # told for a candidate that could not be built, run or measured
+VIOLATION_LOSS = 2.0  # plus the target deficit, for a candidate that breaks the accuracy target
+MAX_ASKS_PER_TRIAL = 20  # a small discrete space makes optimizers re-ask known points: stop then
+
+
+@dataclass
+class Trial:
+    """One evaluated point: its pipeline, session settings, scores and latency (or why it failed)."""
+
+    seq: int
+    key: str
+    point: dict[str, Any]
+    spec: str
+    session: dict[str, Any]
+    status: str  # ok | violates | failed
+    origin: str = "search"  # input / seed name / search / grid
+    stage: str | None = None
+    reason: str | None = None
+    scores: dict[str, float | None] = field(default_factory=dict)
+    margin: float | None = None
+    size: int | None = None
+    params: int | None = None
+    macs: int | None = None
+    latency: Latency | None = None
+    loss: float = FAILED_LOSS
+    cached: bool = False
+    model: bytes | None = field(default=None, repr=False)
+    notes: list[str] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        lat = self.latency
+        return {"seq": self.seq, "origin": self.origin, "status": self.status, "spec": self.spec,
+                "session": self.session, "ratio": lat.ratio if lat else None, "ci_low": lat.ci_low if lat else None,
+                "ci_high": lat.ci_high if lat else None, "median_ms": lat.median_ms if lat else None,
+                "memory_mb": lat.memory_mb if lat else None, "size": self.size, "params": self.params,
+                "macs": self.macs, **{f"score_{k}": v for k, v in self.scores.items()}, "loss": self.loss,
+                "stage": self.stage, "reason": self.reason, "cached": self.cached, "point": self.point}
+
+    def stored(self) -> dict[str, Any]:
+        """What the cache keeps (everything but the model bytes)."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("model", "latency", "cached")}
+        out["latency"] = self.latency.row() if self.latency else None
+        return out
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> Trial:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "latency"}
+        trial = cls(**fields)
+        trial.latency = Latency(**data["latency"]) if data.get("latency") else None
+        trial.cached = True
+        return trial
+
+
+Event = Callable[[str, dict[str, Any]], None]
+
+
+class Tuner:
+    """Runs one search; ``run()`` returns every trial in the order they were told."""
+
+    def __init__(self, model: onnx.ModelProto, space: Space, payload: Payload, meter: Meter, *,
+                 strategy: str = "ngopt", budget: int = 20, time_s: float | None = None, seed: int = 0,
+                 jobs: int = 1, cache: TrialCache | None = None, context_key: str = "",
+                 seeds: list[tuple[str, dict[str, Any]]] | None = None, executor: cf.Executor | None = None,
+                 trial_timeout_s: float = 900.0, on_event: Event | None = None):
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {strategy!r}", f"valid: {', '.join(STRATEGIES)}")
+        self.model, self.space, self.payload, self.meter = model, space, payload, meter
+        self.strategy, self.budget, self.time_s, self.seed, self.jobs = strategy, budget, time_s, seed, max(1, jobs)
+        self.cache = cache or TrialCache(None)
+        self.context_key, self.seeds = context_key, seeds or []
+        self.user_executor, self.trial_timeout_s = executor, trial_timeout_s
+        self.on_event = on_event or (lambda kind, data: None)
+        self.trials: list[Trial] = []
+        self._pool: cf.Executor | None = None
+        self._known: dict[str, Trial] = {}
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self) -> list[Trial]:
+        deadline = time.monotonic() + self.time_s if self.time_s else None
+        try:
+            if self.strategy == "grid":
+                self._run_grid(deadline)
+            else:
+                self._run_optimizer(deadline)
+        finally:
+            self._close_pool()
+        return self.trials
+
+    def _run_grid(self, deadline: float | None) -> None:
+        points = [("grid", p) for p in self.space.grid()][: self.budget]
+        for start in range(0, len(points), self.jobs):
+            if deadline and time.monotonic() > deadline:
+                break
+            self._evaluate(points[start:start + self.jobs])
+
+    def _run_optimizer(self, deadline: float | None) -> None:
+        import nevergrad as ng
+
+        parametrization = self.space.parametrization(self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nevergrad warns about discrete spaces for BO/CMA: expected here
+            optimizer = ng.optimizers.registry[STRATEGIES[self.strategy]](
+                parametrization, budget=self.budget * MAX_ASKS_PER_TRIAL, num_workers=self.jobs)
+        for _, point in self.seeds:
+            optimizer.suggest(self._full(point))
+        # nevergrad hands suggestions back in its own order: name them by their point
+        origins = {self.space.key(self._full(point)): name for name, point in self.seeds}
+        asks = 0
+        while len(self._known) < self.budget and asks < self.budget * MAX_ASKS_PER_TRIAL:
+            if deadline and time.monotonic() > deadline:
+                break
+            room = min(self.jobs, self.budget - len(self._known))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                candidates = [optimizer.ask() for _ in range(room)]
+            asks += room
+            batch = [(origins.pop(self.space.key(c.value), "search"), c.value) for c in candidates]
+            for candidate, trial in zip(candidates, self._evaluate(batch), strict=True):
+                violation = None if trial.status == "ok" else [max(1e-3, -(trial.margin or -1.0))]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    optimizer.tell(candidate, trial.loss, constraint_violation=violation)
+
+    def _full(self, point: Mapping[str, Any]) -> dict[str, Any]:
+        """A complete value for the parametrization: the seed's values over every dimension's default."""
+        full = {d.name: d.default for d in self.space.dims}
+        full.update({k: v for k, v in point.items() if k in full})
+        return full
+
+    # ------------------------------------------------------------ evaluating
+
+    def _evaluate(self, batch: list[tuple[str, Mapping[str, Any]]]) -> list[Trial]:
+        """Build the batch in parallel, then measure one at a time, in ask order."""
+        pending: dict[int, Trial] = {}
+        jobs: dict[int, dict[str, Any]] = {}
+        results: list[Trial | None] = []
+        for index, (origin, raw) in enumerate(batch):
+            point = self.space.canonical(raw)
+            key = self.space.key(point)
+            known = self._known.get(key) or self._from_cache(key)
+            if known is not None:
+                results.append(known)
+                continue
+            trial = Trial(len(self.trials) + len(pending) + 1, key, point, self.space.spec(point),
+                          self.space.session(point), "failed", origin=origin)
+            pending[index] = trial
+            jobs[index] = {"steps": self.space.pipeline(point), "seed": self.seed, "spec": trial.spec}
+            results.append(None)
+        built = self._build(jobs)
+        for index, trial in pending.items():
+            self._score(trial, built[index])
+            results[index] = trial
+        for trial in results:
+            if trial is not None and trial.key not in self._known:
+                self._known[trial.key] = trial
+                self.trials.append(trial)
+                self.on_event("trial", {"trial": trial})
+        return [t for t in results if t is not None]
+
+    def _from_cache(self, key: str) -> Trial | None:
+        stored = self.cache.get(self._cache_key(key))
+        return Trial.from_stored(stored) if stored else None
+
+    def _cache_key(self, key: str) -> str:
+        from onnxopt.tuning.cache import digest
+
+        return digest(self.context_key, key)
+
+    def _score(self, trial: Trial, result: dict[str, Any]) -> None:
+        trial.status, trial.notes = result["status"], result.get("notes", [])
+        trial.stage, trial.reason = result.get("stage"), result.get("reason")
+        if trial.status != "failed":
+            trial.scores, trial.margin = result["scores"], result["margin"]
+            trial.size, trial.params, trial.macs = result["size"], result["params"], result["macs"]
+            trial.model = result["model"]
+        if trial.status == "ok":
+            self.on_event("measuring", {"trial": trial})
+            _, latency = self.meter([("input", self.model, {}), (f"t{trial.seq}", _load(trial.model),
+                                                                   trial.session)])
+            trial.latency = latency
+            if not latency.ok or latency.ratio is None:
+                trial.status, trial.stage, trial.reason = "failed", "measure", latency.error
+        trial.loss = (trial.latency.ratio if trial.status == "ok" else
+                      VIOLATION_LOSS + max(0.0, -(trial.margin or 0.0)) if trial.status == "violates" else FAILED_LOSS)
+        self.cache.put(self._cache_key(trial.key), self.context_key, trial.seq, trial.point, trial.stored())
+
+    def _build(self, jobs: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        """Run the builds in the executor; a dead or hung worker fails its trial and the pool is renewed.
+
+        A worker death breaks the whole pool, so the other trials in flight are re-run one at a time
+        (which also finds the one that killed it)."""
+        results: dict[int, dict[str, Any]] = {}
+        futures = {index: self._submit(job) for index, job in jobs.items()}
+        broken = []
+        for index, future in futures.items():
+            try:
+                results[index] = future.result(timeout=self.trial_timeout_s)
+            except cf.TimeoutError:
+                results[index] = _lost("hang", f"no result within {self.trial_timeout_s:g} s; the worker was killed")
+                self._close_pool(kill=True)
+            except cf.process.BrokenProcessPool:
+                broken.append(index)
+                self._close_pool(kill=True)
+        for index in broken:
+            if len(futures) == 1:
+                results[index] = _lost("crash", "the trial's worker process died (onnxruntime or a pass crashed, "
+                                                "or it ran out of memory)")
+            else:
+                results[index] = self._build({index: jobs[index]})[index]
+        return results
+
+    def _submit(self, job: dict[str, Any]) -> cf.Future:
+        if self.user_executor is not None:
+            return self.user_executor.submit(run_trial, self.payload, job)
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=init_worker, initargs=(self.payload,))
+        return self._pool.submit(run_in_worker, job)
+
+    def _close_pool(self, kill: bool = False) -> None:
+        if self._pool is None:
+            return
+        if kill:  # a hung worker ignores shutdown: end the processes (the executor has no public kill)
+            for process in list(getattr(self._pool, "_processes", {}).values()):
+                process.kill()
+        self._pool.shutdown(wait=not kill, cancel_futures=True)
+        self._pool = None
+
+
+def _lost(kind: str, reason: str) -> dict[str, Any]:
+    return {"status": "failed", "stage": kind, "reason": reason}
+
+
+def _load(data: bytes | None) -> onnx.ModelProto:
+    return onnx.load_from_string(data)
