@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.quantization import model_and_data  # noqa: E402
 from onnxopt.model import input_specs  # noqa: E402
 from onnxopt.passes.quant.calib import dataset_feeds  # noqa: E402
+from onnxopt.passes.quant.config import QuantizeConfig, resolve  # noqa: E402
 from onnxopt.passes.quant.damage import output_error, run_feeds, tensor_gains, without_pairs  # noqa: E402
-from onnxopt.passes.quant.quantize import QuantizeConfig, resolve  # noqa: E402
 from onnxopt.passes.quant.static import StaticQuantizer  # noqa: E402
 
 

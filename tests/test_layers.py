@@ -15,20 +15,10 @@ import onnxopt
 
 PACKAGE_DIR = Path(onnxopt.__file__).resolve().parent
 
-# Known violations in files this change does not own, each removed by its owner's pending change:
-# (importer, imported) -> that change. The test fails on an entry that no longer occurs.
+# Known violations awaiting a change elsewhere: (importer, imported) -> that change. The tests fail
+# on an entry that no longer occurs, so the lists cannot go stale. Both are empty now.
 PENDING: dict[tuple[str, str], str] = {}
-
-# Import edges left out of the cycle check until their owner's pending change lands. The quant
-# implementation modules import QuantizeConfig/Resolved/resolve/ort_type from quantize.py, whose
-# Quantize pass imports run.py, which imports them: a circle through the pass module. Pending (quant
-# implementation owner): those names move to a module below the implementation that these modules
-# import, and quantize.py keeps the pass class on top (it imports them from there).
-_QUANT_CONFIG_SPLIT = "quant: config types move below the implementation, quantize.py keeps the pass"
-PENDING_CYCLE_EDGES: dict[tuple[str, str], str] = {
-    (f"onnxopt.passes.quant.{user}", "onnxopt.passes.quant.quantize"): _QUANT_CONFIG_SPLIT
-    for user in ("run", "static", "dynamic", "weight_only", "calib", "wide")
-}
+PENDING_CYCLE_EDGES: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:

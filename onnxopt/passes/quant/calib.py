@@ -221,7 +221,7 @@ def activation_levels(activation_type: str, symmetric: bool) -> int:
     """qmax - qmin of the activation grid onnxruntime builds (254 for symmetric s8, 255 for u8)."""
     from onnxruntime.quantization.quant_utils import get_qmin_qmax_for_qType
 
-    from onnxopt.passes.quant.quantize import ort_type
+    from onnxopt.passes.quant.config import ort_type
 
     qmin, qmax = get_qmin_qmax_for_qType(ort_type(activation_type).tensor_type, symmetric=symmetric)
     return int(qmax) - int(qmin)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import onnx
 
+from onnxopt.passes.quant.config import QuantizeConfig, ort_type
 from onnxopt.passes.quant.ortio import via_files
 from onnxopt.passes.quant.prepare import prepare
-from onnxopt.passes.quant.quantize import QuantizeConfig, ort_type
 from onnxopt.passes.quant.static import match_nodes
 
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import onnx
 
 from onnxopt.errors import ConfigError
-from onnxopt.passes.quant.quantize import QuantizeConfig, resolve
+from onnxopt.passes.quant.config import QuantizeConfig, resolve
 
 FLOOR = 0.99  # latency-aware without a target: the least output cosine a returned variant may have
 LATENCY_SAMPLES = 4  # inputs cycled through while timing (a batch-1 model runs one at a time)
@@ -123,14 +123,3 @@ def _fidelity_bar(quantizer, ctx, notes: list[str]):
         return judge, {}
     keep = frozenset() if cfg.fallback != "float" else frozenset(found.kept)
     return judge, {"mixed": Variant(found.model, keep)}
-
-
-def fp16(model: onnx.ModelProto, cfg, ctx) -> onnx.ModelProto:
-    from onnxopt.passes.quant.fp16 import to_fp16
-
-    notes: list[str] = []
-    try:
-        return to_fp16(model, cfg, ctx.data, ctx.shapes, notes, ctx.details)
-    finally:
-        for note in notes:
-            ctx.note(note)

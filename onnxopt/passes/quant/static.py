@@ -23,9 +23,9 @@ import onnx
 from onnxopt.errors import ConfigError
 from onnxopt.model import input_specs, parse_size
 from onnxopt.passes.quant.calib import activation_levels, calibrate, percentile_ranges, save_ranges
+from onnxopt.passes.quant.config import QuantizeConfig, Resolved, ort_type
 from onnxopt.passes.quant.ortio import quiet, read_model, workdir, write_model
 from onnxopt.passes.quant.prepare import prepare
-from onnxopt.passes.quant.quantize import QuantizeConfig, Resolved, ort_type
 
 
 def match_nodes(model: onnx.ModelProto, patterns: Iterable[str]) -> tuple[set[str], list[str]]:

@@ -19,9 +19,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxopt.errors import ConfigError
+from onnxopt.passes.quant.config import QuantizeConfig
 from onnxopt.passes.quant.ortio import quiet
 from onnxopt.passes.quant.prepare import prepare
-from onnxopt.passes.quant.quantize import QuantizeConfig
 from onnxopt.passes.quant.static import match_nodes
 
 WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}

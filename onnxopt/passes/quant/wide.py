@@ -38,7 +38,7 @@ def wide_overrides(model: onnx.ModelProto, nodes: Iterable[str], activation_type
     )
     from onnxruntime.quantization.tensor_quant_overrides import TensorQuantOverridesHelper
 
-    from onnxopt.passes.quant.quantize import ort_type
+    from onnxopt.passes.quant.config import ort_type
 
     chosen = set(nodes)
     if not chosen:

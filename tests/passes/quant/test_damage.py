@@ -7,9 +7,9 @@ import numpy as np
 
 from onnxopt.passes import PassContext
 from onnxopt.passes.quant import Quantize
+from onnxopt.passes.quant.config import QuantizeConfig, resolve
 from onnxopt.passes.quant.damage import node_order, output_error, run_feeds, tensor_gains, without_pairs
 from onnxopt.passes.quant.mixed import ranking_feeds
-from onnxopt.passes.quant.quantize import QuantizeConfig, resolve
 from onnxopt.passes.quant.static import StaticQuantizer
 
 

@@ -14,8 +14,8 @@ from onnxopt.model import input_specs
 from onnxopt.passes import PassContext
 from onnxopt.passes.quant import Quantize, latency
 from onnxopt.passes.quant.calib import dataset_feeds
+from onnxopt.passes.quant.config import QuantizeConfig, resolve
 from onnxopt.passes.quant.nodetime import Anchors, Timing, profile_nodes
-from onnxopt.passes.quant.quantize import QuantizeConfig, resolve
 from onnxopt.passes.quant.static import StaticQuantizer
 from onnxopt.profiling.service import ProfileMeasurer
 from onnxopt.targets import parse_target

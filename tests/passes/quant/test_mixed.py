@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from onnxopt.passes import PassContext
 from onnxopt.passes.quant import Quantize
+from onnxopt.passes.quant.config import QuantizeConfig, resolve
 from onnxopt.passes.quant.mixed import rank_nodes, ranking_feeds
-from onnxopt.passes.quant.quantize import QuantizeConfig, resolve
 from onnxopt.passes.quant.static import StaticQuantizer
 from onnxopt.targets import Judge, parse_target
 

@@ -15,8 +15,8 @@ from onnxopt.model import input_specs
 from onnxopt.passes import PassContext
 from onnxopt.passes.quant import Quantize
 from onnxopt.passes.quant.calib import activation_levels, calibrate, mse_threshold
+from onnxopt.passes.quant.config import QuantizeConfig, resolve
 from onnxopt.passes.quant.ortio import workdir, write_model
-from onnxopt.passes.quant.quantize import QuantizeConfig, resolve
 from onnxopt.passes.quant.static import StaticQuantizer
 
 

@@ -12,8 +12,8 @@ from onnxopt.evaluate import fidelity
 from onnxopt.passes import PassContext, build
 from onnxopt.passes.quant import Quantize
 from onnxopt.passes.quant.calib import calibrate
+from onnxopt.passes.quant.config import QuantizeConfig, resolve
 from onnxopt.passes.quant.ortio import workdir, write_model
-from onnxopt.passes.quant.quantize import QuantizeConfig, resolve
 from onnxopt.passes.quant.static import StaticQuantizer
 from onnxopt.zoo import corpus
 
