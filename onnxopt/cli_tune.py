@@ -20,8 +20,9 @@ ROWS_SHOWN = 14
 def tune_cmd(
     model: Path,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for best.onnx, pareto/, trials and the report.")],
-    profile: Annotated[str, typer.Option("--profile", "-p", help="Device profile name or .toml file.")] = "cpu",
-    budget: Annotated[int, typer.Option("--budget", help="Number of distinct trials.")] = 20,
+    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Device profile name or .toml file "
+                                                "[default: cpu].")] = None,
+    budget: Annotated[int | None, typer.Option("--budget", help="Number of distinct trials [default: 20].")] = None,
     time_limit: Annotated[str | None, typer.Option("--time", help="Stop after this long: 90s, 30m, 1h.")] = None,
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration data: .npz/.npy, image folder.")] = None,
     data: Annotated[str | None, typer.Option("--data", help="Evaluation data (default: the tail of --calib).")] = None,
@@ -29,11 +30,13 @@ def tune_cmd(
         "--eval", help="module:function, a metric (outputs, labels) -> float for drop<= targets.")] = None,
     target: Annotated[str | None, typer.Option(
         "--target", help="Accuracy target: 'cosine>=0.999', 'top1>=0.99', 'iou>=0.97', 'drop<=0.01'.")] = None,
-    strategy: Annotated[str, typer.Option(
-        "--strategy", help="ngopt, random, grid, bo, cma, de or portfolio.")] = "ngopt",
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    strategy: Annotated[str | None, typer.Option(
+        "--strategy", help="ngopt, random, grid, bo, cma, de or portfolio [default: ngopt].")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="[default: 0]")] = None,
     jobs: Annotated[int, typer.Option("--jobs", help="Trials built in parallel (measurements stay serial).")] = 1,
     recipe: Annotated[Path | None, typer.Option("--recipe", help="TOML: fix, narrow or widen dimensions.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out with its profile, target, strategy, seed and budget.")] = False,
     shape: Annotated[list[str] | None, typer.Option("--shape", help="Fix an input's dims: NAME=1x3x224x224.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
@@ -44,13 +47,13 @@ def tune_cmd(
     import onnxopt
     from onnxopt.model import parse_shapes
 
-    view = None if json_out else LiveView(budget)
+    view = None if json_out else LiveView(budget or 20)
     try:
         if view:
             view.start()
         result = onnxopt.tune(str(model), profile=profile, calib=calib, data=data, metric=eval_metric, target=target,
                               budget=budget, time_limit=time_limit, strategy=strategy, seed=seed, jobs=jobs,
-                              recipe=recipe, out_dir=out, shapes=parse_shapes(shape) if shape else None,
+                              resume=resume, recipe=recipe, out_dir=out, shapes=parse_shapes(shape) if shape else None,
                               on_event=view.event if view else None)
     finally:
         if view:

@@ -2,8 +2,9 @@
 
 The tuner only sees the :class:`Meter` protocol (a list of (label, model, session overrides) in, one
 :class:`Latency` per item out, ratios relative to the first item), so tests can hand it a fake. The
-real one, :class:`ProfilerMeter`, runs the profiler's isolated measurement child; one lock serializes
-measurements, so two never share the device even with parallel trials.
+real one, :class:`ProfilerMeter`, runs the profiler's isolated measurement child. Every measurement on
+a profile's device, the tuner's and those inside trials (latency-aware quantization), holds one
+file lock per profile, so two never share the device, even from parallel trial workers.
 
 Example::
 
@@ -14,8 +15,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -51,7 +55,6 @@ class ProfilerMeter:
 
     def __init__(self, profile, feeds: list[dict[str, np.ndarray]], timeout_s: float | None = None):
         self.profile, self.feeds, self.timeout_s = profile, feeds, timeout_s
-        self.lock = threading.Lock()
         self.device: dict[str, Any] = {}
 
     def __call__(self, items: Sequence[MeasureItem]) -> list[Latency]:
@@ -60,7 +63,7 @@ class ProfilerMeter:
 
         measured = [Item(label, model, self.feeds, synthetic=False, session=self._session(overrides))
                     for label, model, overrides in items]
-        with self.lock:
+        with device_lock(self.profile.name):
             results, times = measure_with_times(measured, self.profile, timeout_s=self.timeout_s)
         out = []
         for result, item_times, (label, _, _) in zip(results, times, items, strict=True):
@@ -84,3 +87,44 @@ def feeds_for(model: onnx.ModelProto, data, samples: int) -> list[dict[str, np.n
     from onnxopt.model import input_specs
 
     return list(islice(data.feeds(input_specs(model), 1), samples))
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+
+
+@contextlib.contextmanager
+def device_lock(profile_name: str) -> Iterator[None]:
+    """Exclusive use of a profile's device across threads and processes of this machine (an
+    ``flock`` on a file in the temp folder; where there is no ``fcntl``, across threads only)."""
+    thread_lock = _THREAD_LOCKS.setdefault(profile_name, threading.Lock())
+    with thread_lock:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory file locks in the stdlib
+            yield
+            return
+        path = os.path.join(tempfile.gettempdir(), f"onnxopt-device-{profile_name}.lock")
+        with open(path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class LockedMeasurer:
+    """A pass-context measurer whose every call holds the profile's :func:`device_lock`."""
+
+    def __init__(self, measurer, profile_name: str):
+        self.measurer, self.profile_name = measurer, profile_name
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.measurer, name)
+        if name not in ("whole", "nodes", "outputs"):
+            return attr
+
+        def locked(*args, **kwargs):
+            with device_lock(self.profile_name):
+                return attr(*args, **kwargs)
+
+        return locked

@@ -3,12 +3,13 @@ accuracy, and return the fastest model that meets the target with the Pareto fro
 
 The decision is made outside the noise: every trial is measured interleaved with the input model,
 and at the end the front's fastest candidates are re-measured together against the input in one
-interleaved run; a candidate is chosen only when its latency ratio's interval lies below 1. If none
-does, the input model is returned and the result says so.
+interleaved run with an A/A pair of the input (the noise floor); a candidate is chosen only when
+its latency ratio's interval lies below 1 minus that noise. If none does, the input model is
+returned and the result says so.
 
 Example (right after ``torch.onnx.export``)::
 
-    result = onnxopt.tuning(model_proto, profile="cpu-1t", calib="calib.npz", target="cosine>=0.999", budget=20)
+    result = onnxopt.tune(model_proto, profile="cpu-1t", calib="calib.npz", target="cosine>=0.999", budget=20)
     result.model, result.best.spec, [t.spec for t in result.front]
 """
 
@@ -34,7 +35,12 @@ from onnxopt.tuning.space import Space, build_space
 from onnxopt.tuning.trial import Payload
 
 DEFAULT_TARGET = "cosine>=0.99"
+DEFAULTS = {"profile": "cpu", "target": DEFAULT_TARGET, "strategy": "ngopt", "seed": 0, "budget": 20}
 FINALISTS = 5  # front members re-measured together at the end (fastest first)
+AA_LABEL = "input (A/A)"
+# the smallest gain taken as real even when the A/A pair agrees closely: in-run intervals do not
+# cover what changes between processes (memory placement, clock state)
+MIN_NOISE = 0.01
 EVAL_SAMPLES = 128  # held-out samples taken from the end of the calibration data when no --data is given
 DB_NAME = "trials.sqlite"
 
@@ -74,11 +80,12 @@ def tune(
     data: Any = None,
     metric: str | None = None,
     target: str | None = None,
-    budget: int = 20,
+    budget: int | None = None,
     time_limit: str | float | None = None,
-    strategy: str = "ngopt",
-    seed: int = 0,
+    strategy: str | None = None,
+    seed: int | None = None,
     jobs: int = 1,
+    resume: bool = False,
     recipe: str | os.PathLike | Mapping[str, Any] | None = None,
     out_dir: str | os.PathLike | None = None,
     shapes: Mapping[str, Sequence[int]] | None = None,
@@ -90,18 +97,25 @@ def tune(
 ) -> TuneResult:
     """Search, decide and (with ``out_dir``) write ``best.onnx``, ``pareto/``, ``trials.csv`` and the report.
 
-    Without ``out_dir`` everything stays in memory (the trial cache too). ``meter`` replaces the
-    profiler (tests use a fake); ``executor`` builds trials (default: a spawned process pool of
-    ``jobs`` workers, so a crashing candidate cannot take the tuner down). ``fault`` is test-only."""
+    Without ``out_dir`` everything stays in memory (the trial cache too). Finished trials in
+    ``out_dir`` are always reused; ``resume`` also takes the last run's profile, target, strategy,
+    seed and budget there for those not given. ``meter`` replaces the profiler (tests use a fake);
+    ``executor`` builds trials (default: a spawned process pool of ``jobs`` workers, so a crashing
+    candidate cannot take the tuner down). ``fault`` is test-only."""
     from onnxopt.data import load_data
     from onnxopt.profiling.profiles import get_profile
     from onnxopt.targets import parse_target
 
+    given = {"profile": profile, "target": target, "strategy": strategy, "seed": seed, "budget": budget}
+    stored = _last_run(out_dir) if resume else {}
+    if resume and not stored:
+        raise ConfigError(f"nothing to resume in {out_dir}: it holds no tune run", "run without --resume first")
+    chosen = {k: v if v is not None else stored.get(k, DEFAULTS[k]) for k, v in given.items()}
+    profile, target, strategy, seed, budget = (chosen[k] for k in ("profile", "target", "strategy", "seed", "budget"))
     if budget < 1:
         raise ConfigError("the budget must be at least 1 trial")
-    target = target or DEFAULT_TARGET
     parse_target(target)  # a bad target fails now, not in every trial
-    prof = get_profile(profile if profile is not None else "cpu")
+    prof = get_profile(profile)
     source = model
     model = model_io.load(model, shapes=shapes)
     calib_set, eval_set = _datasets(load_data, model, calib, data, shapes)
@@ -111,8 +125,8 @@ def tune(
     meter = meter or ProfilerMeter(prof, feeds_for(model, eval_set, prof.inputs.samples))
     cache = TrialCache(_db_path(out_dir) if out_dir is not None else None)
     context = _context_key(payload, prof, eval_set, seed)
-    cache.start_run(context, {"profile": prof.name, "target": target, "strategy": strategy, "seed": seed,
-                              "budget": budget})
+    cache.start_run(context, {"profile": profile if isinstance(profile, str) else prof.name, "target": target,
+                              "strategy": strategy, "seed": seed, "budget": budget})
     tuner = Tuner(model, space, payload, meter, strategy=strategy, budget=budget, time_s=parse_duration(time_limit),
                   seed=seed, jobs=jobs, cache=cache, context_key=context, seeds=seed_points(space),
                   executor=executor, trial_timeout_s=trial_timeout_s, on_event=on_event)
@@ -125,7 +139,8 @@ def tune(
         from onnxopt.tuning.report import write_outputs
 
         write_outputs(result, prof, Path(out_dir), protect=(source,) if isinstance(source, str | os.PathLike) else ())
-        cache.start_run(context, {**result.summary, "final": [f.row() for f in result.final]})
+        cache.start_run(context, {**result.summary, "final": [f.row() for f in result.final],
+                                  "profile": profile if isinstance(profile, str) else prof.name})
     cache.close()
     return result
 
@@ -154,6 +169,16 @@ def _recipe(recipe) -> dict[str, Any] | None:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"the recipe {recipe} is not valid TOML: {exc}") from None
     return table.get("tune", table)
+
+
+def _last_run(out_dir) -> dict[str, Any]:
+    """The settings of the last run recorded in ``out_dir`` (empty when there is none)."""
+    if out_dir is None or not (Path(out_dir) / DB_NAME).is_file():
+        return {}
+    cache = TrialCache(Path(out_dir) / DB_NAME)
+    runs = cache.runs()
+    cache.close()
+    return {k: v for k, v in runs[-1][1].items() if k in DEFAULTS} if runs else {}
 
 
 def _db_path(out_dir) -> Path:
@@ -211,28 +236,43 @@ def decide(model: onnx.ModelProto, trials: list[Trial], tuner: Tuner, meter: Met
     finalists = [t for t in finalists if t.model is not None]
     if on_event:
         on_event("final", {"finalists": finalists})
-    items = [("input", model, {})] + [(f"t{t.seq}", onnx.load_from_string(t.model), t.session) for t in finalists]
+    # the input twice (an A/A pair): how far apart two sessions of one model land is the noise floor
+    items = [("input", model, {}), (AA_LABEL, model, {})]
+    items += [(f"t{t.seq}", onnx.load_from_string(t.model), t.session) for t in finalists]
     final = meter(items) if finalists else []
     by_label = {lat.label: lat for lat in final}
-    winners = [t for t in finalists if by_label.get(f"t{t.seq}") and by_label[f"t{t.seq}"].ok
-               and by_label[f"t{t.seq}"].ci_high is not None and by_label[f"t{t.seq}"].ci_high < 1.0]
+    noise = aa_noise(by_label.get(AA_LABEL))
+    winners = [t for t in finalists if _faster(by_label.get(f"t{t.seq}"), noise)]
     winners.sort(key=lambda t: by_label[f"t{t.seq}"].ratio)
     best = winners[0] if winners else None
     summary: dict[str, Any] = {"trials": len(trials), "ok": len(ok),
                                "violates": sum(t.status == "violates" for t in trials),
                                "failed": sum(t.status == "failed" for t in trials),
-                               "cached": sum(t.cached for t in trials)}
+                               "cached": sum(t.cached for t in trials), "noise": round(noise, 4)}
     if best is None:
-        summary["decision"] = ("no candidate was faster than the input beyond the measurement noise "
-                               "(re-measured together); the input model is returned")
+        summary["decision"] = (f"no candidate was faster than the input beyond the measurement noise "
+                               f"({noise:.1%}, from an A/A pair re-measured with them); the input model is returned")
         chosen = model
     else:
         lat = by_label[f"t{best.seq}"]
         summary["decision"] = (f"trial {best.seq} ({best.spec}) runs at {lat.ratio:.3f}x the input's latency "
-                               f"[{lat.ci_low:.3f}, {lat.ci_high:.3f}] (re-measured with the front, interleaved)")
+                               f"[{lat.ci_low:.3f}, {lat.ci_high:.3f}] (re-measured with the front, interleaved; noise "
+                               f"{noise:.1%} from an A/A pair)")
         chosen = onnx.load_from_string(best.model)
     summary["settings_worth"] = settings_worth(trials, space)
     return TuneResult(chosen, best, front, trials, final, space, summary)
+
+
+def aa_noise(aa: Latency | None) -> float:
+    """How far the input's A/A ratio (its interval included) strays from 1, at least ``MIN_NOISE``."""
+    if aa is None or not aa.ok or aa.ci_low is None:
+        return MIN_NOISE
+    return max(MIN_NOISE, 1.0 - aa.ci_low, aa.ci_high - 1.0)
+
+
+def _faster(latency: Latency | None, noise: float) -> bool:
+    """Faster than the input beyond the noise: the ratio's whole interval below ``1 - noise``."""
+    return bool(latency and latency.ok and latency.ci_high is not None and latency.ci_high < 1.0 - noise)
 
 
 def _rebuild_missing(finalists: list[Trial], tuner: Tuner) -> None:

@@ -60,10 +60,13 @@ def run_trial(payload: Payload, job: dict[str, Any]) -> dict[str, Any]:
     _fault(payload.fault, job.get("spec", ""))
     model = onnx.load_from_string(payload.model)
     from onnxopt.profiling.service import ProfileMeasurer
+    from onnxopt.tuning.meter import LockedMeasurer
 
-    # passes that time on the target (latency-aware quantization) measure in the profiler's child
+    # passes that time on the target (latency-aware quantization) measure in the profiler's child,
+    # holding the device lock like the tuner's own measurements
+    measurer = LockedMeasurer(ProfileMeasurer(payload.profile), payload.profile.name)
     ctx = PassContext(data=payload.calib, profile=payload.profile, seed=job.get("seed", 0), shapes=payload.shapes,
-                      measurer=ProfileMeasurer(payload.profile))
+                      measurer=measurer)
     try:
         candidate, records = build(job["steps"]).run(model, ctx) if job["steps"] else (model, [])
     except OnnxOptError as exc:

@@ -1,4 +1,4 @@
-"""One entry point per pass: ``quantize(model, cfg, ctx)`` and ``fp16(model, cfg, ctx)``.
+"""The entry point of the ``quantize`` pass: ``quantize(model, cfg, ctx)``.
 
 They pick the mode, resolve target defaults, and write what happened into ``ctx`` (notes for
 people, details for tools). Every note says when calibration data were synthetic.
