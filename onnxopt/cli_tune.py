@@ -35,6 +35,9 @@ def tune_cmd(
     seed: Annotated[int | None, typer.Option("--seed", help="[default: 0]")] = None,
     jobs: Annotated[int, typer.Option("--jobs", help="Trials built in parallel (measurements stay serial).")] = 1,
     recipe: Annotated[Path | None, typer.Option("--recipe", help="TOML: fix, narrow or widen dimensions.")] = None,
+    objective: Annotated[str | None, typer.Option(
+        "--objective", help="What best means: latency (default), or weights such as latency=1,size=0.5 "
+        "(terms: latency, size, accuracy, memory).")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --out with its profile, target, strategy, seed and budget.")] = False,
     shape: Annotated[list[str] | None, typer.Option("--shape", help="Fix an input's dims: NAME=1x3x224x224.")] = None,
@@ -53,8 +56,8 @@ def tune_cmd(
             view.start()
         result = onnxopt.tune(str(model), profile=profile, calib=calib, data=data, metric=eval_metric, target=target,
                               budget=budget, time_limit=time_limit, strategy=strategy, seed=seed, jobs=jobs,
-                              resume=resume, recipe=recipe, out_dir=out, shapes=parse_shapes(shape) if shape else None,
-                              on_event=view.event if view else None)
+                              resume=resume, objective=objective, recipe=recipe, out_dir=out,
+                              shapes=parse_shapes(shape) if shape else None, on_event=view.event if view else None)
     finally:
         if view:
             view.stop()
@@ -157,6 +160,15 @@ class LiveView:
         if self.live is not None:
             self.live.update(self._render())
 
+    def _front(self) -> set[int]:
+        """The current Pareto front (latency ratio, size, accuracy loss) of the measured trials."""
+        from onnxopt.tuning.objective import accuracy_loss
+        from onnxopt.tuning.pareto import front_indices
+
+        measured = [t for t in self.rows if t.status == "ok" and t.latency and t.latency.ratio is not None]
+        points = [(t.latency.ratio, float(t.size or 0), accuracy_loss(t.scores)) for t in measured]
+        return {measured[i].seq for i in front_indices(points)}
+
     def _render(self):
         from rich.console import Group
         from rich.progress_bar import ProgressBar
@@ -166,8 +178,10 @@ class LiveView:
         table = Table(expand=False)
         for col in ("trial", "origin", "status", "pipeline", "ratio", "size", "cosine"):
             table.add_column(col)
+        table.caption = "green: on the current Pareto front; bold: fastest so far"
+        front = self._front()
         for t in self.rows[-ROWS_SHOWN:]:
-            style = "bold green" if t is self.best else ("red" if t.status == "failed" else "")
+            style = "bold green" if t is self.best else "green" if t.seq in front else "red" if t.status == "failed" else ""
             ratio = f"{t.latency.ratio:.3f}" if t.latency and t.latency.ratio is not None else "-"
             table.add_row(str(t.seq), t.origin, t.status, t.spec[:70], ratio, _size(t.size),
                           _num(t.scores.get("cosine")), style=style)

@@ -29,6 +29,7 @@ from onnxopt import model as model_io
 from onnxopt.errors import ConfigError
 from onnxopt.tuning.cache import TrialCache, digest
 from onnxopt.tuning.meter import Latency, Meter, ProfilerMeter, feeds_for
+from onnxopt.tuning.objective import Objective, accuracy_loss
 from onnxopt.tuning.pareto import front_indices
 from onnxopt.tuning.search import Event, Trial, Tuner
 from onnxopt.tuning.space import Space, build_space
@@ -86,6 +87,7 @@ def tune(
     seed: int | None = None,
     jobs: int = 1,
     resume: bool = False,
+    objective: str | None = None,
     recipe: str | os.PathLike | Mapping[str, Any] | None = None,
     out_dir: str | os.PathLike | None = None,
     shapes: Mapping[str, Sequence[int]] | None = None,
@@ -106,6 +108,7 @@ def tune(
     from onnxopt.profiling.profiles import get_profile
     from onnxopt.targets import parse_target
 
+    goal = Objective.parse(objective)
     given = {"profile": profile, "target": target, "strategy": strategy, "seed": seed, "budget": budget}
     stored = _last_run(out_dir) if resume else {}
     if resume and not stored:
@@ -129,10 +132,11 @@ def tune(
                               "strategy": strategy, "seed": seed, "budget": budget})
     tuner = Tuner(model, space, payload, meter, strategy=strategy, budget=budget, time_s=parse_duration(time_limit),
                   seed=seed, jobs=jobs, cache=cache, context_key=context, seeds=seed_points(space),
-                  executor=executor, trial_timeout_s=trial_timeout_s, on_event=on_event)
+                  executor=executor, trial_timeout_s=trial_timeout_s, on_event=on_event, objective=goal)
     trials = tuner.run()
-    result = decide(model, trials, tuner, meter, space, target, on_event)
+    result = decide(model, trials, tuner, meter, space, goal, on_event)
     result.summary.update(profile=prof.name, target=target, strategy=strategy, seed=seed, budget=budget,
+                          objective=goal.describe(),
                           input=str(source) if isinstance(source, str | os.PathLike) else "(in memory)",
                           data=eval_set.source, synthetic=eval_set.synthetic)
     if out_dir is not None:
@@ -217,20 +221,17 @@ def seed_points(space: Space) -> list[tuple[str, dict[str, Any]]]:
 
 def objectives(trial: Trial) -> tuple[float, float, float, float]:
     """Minimized: latency ratio, size, accuracy loss (1 - cosine, or the metric drop), memory."""
-    scores = trial.scores
-    loss = scores.get("max_drop")
-    if loss is None:
-        loss = 1.0 - (scores.get("cosine") or 0.0)
     memory = trial.latency.memory_mb if trial.latency and trial.latency.memory_mb is not None else 0.0
-    return (trial.latency.ratio, float(trial.size or 0), float(loss), float(memory))
+    return (trial.latency.ratio, float(trial.size or 0), accuracy_loss(trial.scores), float(memory))
 
 
-def decide(model: onnx.ModelProto, trials: list[Trial], tuner: Tuner, meter: Meter, space: Space, target: str,
-           on_event: Event | None) -> TuneResult:
-    """Re-measure the front's fastest together with the input; choose the fastest faster beyond the noise."""
+def decide(model: onnx.ModelProto, trials: list[Trial], tuner: Tuner, meter: Meter, space: Space,
+           goal: Objective, on_event: Event | None) -> TuneResult:
+    """Re-measure the front's best together with the input; choose the best one that is faster beyond
+    the noise (latency objective), or not slower beyond it and better in the weighted objective."""
     ok = [t for t in trials if t.status == "ok" and t.latency and t.latency.ratio is not None]
     front = [ok[i] for i in front_indices([objectives(t) for t in ok])]
-    front.sort(key=lambda t: t.latency.ratio)
+    front.sort(key=lambda t: t.loss)
     finalists = [t for t in front if not space.is_input(t.point)][:FINALISTS]
     _rebuild_missing(finalists, tuner)
     finalists = [t for t in finalists if t.model is not None]
@@ -242,8 +243,12 @@ def decide(model: onnx.ModelProto, trials: list[Trial], tuner: Tuner, meter: Met
     final = meter(items) if finalists else []
     by_label = {lat.label: lat for lat in final}
     noise = aa_noise(by_label.get(AA_LABEL))
-    winners = [t for t in finalists if _faster(by_label.get(f"t{t.seq}"), noise)]
-    winners.sort(key=lambda t: by_label[f"t{t.seq}"].ratio)
+    if goal.latency_only:
+        winners = [t for t in finalists if _faster(by_label.get(f"t{t.seq}"), noise)]
+    else:
+        winners = [t for t in finalists if _not_slower(by_label.get(f"t{t.seq}"), noise)
+                   and _final_score(t, by_label, goal) < goal.input_score()]
+    winners.sort(key=lambda t: _final_score(t, by_label, goal))
     best = winners[0] if winners else None
     summary: dict[str, Any] = {"trials": len(trials), "ok": len(ok),
                                "violates": sum(t.status == "violates" for t in trials),
@@ -273,6 +278,17 @@ def aa_noise(aa: Latency | None) -> float:
 def _faster(latency: Latency | None, noise: float) -> bool:
     """Faster than the input beyond the noise: the ratio's whole interval below ``1 - noise``."""
     return bool(latency and latency.ok and latency.ci_high is not None and latency.ci_high < 1.0 - noise)
+
+
+def _not_slower(latency: Latency | None, noise: float) -> bool:
+    """Not measurably slower than the input: the ratio's interval reaches below ``1 + noise``."""
+    return bool(latency and latency.ok and latency.ci_low is not None and latency.ci_high < 1.0 + noise)
+
+
+def _final_score(trial: Trial, by_label: dict[str, Latency], goal: Objective) -> float:
+    """The objective with the final, re-measured latency ratio."""
+    return goal.score(latency=by_label[f"t{trial.seq}"].ratio, size=trial.size_ratio or 1.0,
+                      accuracy=accuracy_loss(trial.scores), memory=trial.memory_ratio)
 
 
 def _rebuild_missing(finalists: list[Trial], tuner: Tuner) -> None:

@@ -27,6 +27,7 @@ import onnx
 from onnxopt.errors import ConfigError
 from onnxopt.tuning.cache import TrialCache
 from onnxopt.tuning.meter import Latency, Meter
+from onnxopt.tuning.objective import Objective, accuracy_loss
 from onnxopt.tuning.space import Space
 from onnxopt.tuning.trial import Payload, init_worker, run_in_worker, run_trial
 
@@ -56,6 +57,8 @@ class Trial:
     params: int | None = None
     macs: int | None = None
     latency: Latency | None = None
+    size_ratio: float | None = None  # size / the input's size
+    memory_ratio: float | None = None  # session memory / the input's, measured in the same run
     loss: float = FAILED_LOSS
     cached: bool = False
     model: bytes | None = field(default=None, repr=False)
@@ -95,7 +98,7 @@ class Tuner:
                  strategy: str = "ngopt", budget: int = 20, time_s: float | None = None, seed: int = 0,
                  jobs: int = 1, cache: TrialCache | None = None, context_key: str = "",
                  seeds: list[tuple[str, dict[str, Any]]] | None = None, executor: cf.Executor | None = None,
-                 trial_timeout_s: float = 900.0, on_event: Event | None = None):
+                 trial_timeout_s: float = 900.0, on_event: Event | None = None, objective: Objective | None = None):
         if strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {strategy!r}", f"valid: {', '.join(STRATEGIES)}")
         self.model, self.space, self.payload, self.meter = model, space, payload, meter
@@ -104,6 +107,7 @@ class Tuner:
         self.context_key, self.seeds = context_key, seeds or []
         self.user_executor, self.trial_timeout_s = executor, trial_timeout_s
         self.on_event = on_event or (lambda kind, data: None)
+        self.objective = objective or Objective()
         self.trials: list[Trial] = []
         self._pool: cf.Executor | None = None
         self._known: dict[str, Trial] = {}
@@ -165,36 +169,41 @@ class Tuner:
     # ------------------------------------------------------------ evaluating
 
     def _evaluate(self, batch: list[tuple[str, Mapping[str, Any]]]) -> list[Trial]:
-        """Build the batch in parallel, then measure one at a time, in ask order."""
+        """Build the batch in parallel, then measure one at a time, in ask order; one trial per
+        distinct point (a point asked again, in this batch or before, is answered from memory or the cache)."""
+        seen: dict[str, Trial] = {}
         pending: dict[int, Trial] = {}
         jobs: dict[int, dict[str, Any]] = {}
-        results: list[Trial | None] = []
         for index, (origin, raw) in enumerate(batch):
             point = self.space.canonical(raw)
             key = self.space.key(point)
-            known = self._known.get(key) or self._from_cache(key)
-            if known is not None:
-                results.append(known)
+            if key in self._known or key in seen:
                 continue
-            trial = Trial(len(self.trials) + len(pending) + 1, key, point, self.space.spec(point),
-                          self.space.session(point), "failed", origin=origin)
-            pending[index] = trial
-            jobs[index] = {"steps": self.space.pipeline(point), "seed": self.seed, "spec": trial.spec}
-            results.append(None)
+            seq = len(self.trials) + len(seen) + 1
+            trial = self._from_cache(key, seq)
+            if trial is None:
+                trial = Trial(seq, key, point, self.space.spec(point), self.space.session(point), "failed",
+                              origin=origin)
+                pending[index] = trial
+                jobs[index] = {"steps": self.space.pipeline(point), "seed": self.seed, "spec": trial.spec}
+            seen[key] = trial
         built = self._build(jobs)
         for index, trial in pending.items():
             self._score(trial, built[index])
-            results[index] = trial
-        for trial in results:
-            if trial is not None and trial.key not in self._known:
-                self._known[trial.key] = trial
-                self.trials.append(trial)
-                self.on_event("trial", {"trial": trial})
-        return [t for t in results if t is not None]
+        for trial in seen.values():
+            self._known[trial.key] = trial
+            self.trials.append(trial)
+            self.on_event("trial", {"trial": trial})
+        return [self._known[self.space.key(self.space.canonical(raw))] for _, raw in batch]
 
-    def _from_cache(self, key: str) -> Trial | None:
+    def _from_cache(self, key: str, seq: int) -> Trial | None:
         stored = self.cache.get(self._cache_key(key))
-        return Trial.from_stored(stored) if stored else None
+        if not stored:
+            return None
+        trial = Trial.from_stored(stored)
+        trial.seq = seq  # its place in this run, and its loss under this run's objective
+        trial.loss = self._loss(trial)
+        return trial
 
     def _cache_key(self, key: str) -> str:
         from onnxopt.tuning.cache import digest
@@ -210,14 +219,26 @@ class Tuner:
             trial.model = result["model"]
         if trial.status == "ok":
             self.on_event("measuring", {"trial": trial})
-            _, latency = self.meter([("input", self.model, {}), (f"t{trial.seq}", _load(trial.model),
-                                                                   trial.session)])
+            reference, latency = self.meter([("input", self.model, {}), (f"t{trial.seq}", _load(trial.model),
+                                                                           trial.session)])
             trial.latency = latency
             if not latency.ok or latency.ratio is None:
                 trial.status, trial.stage, trial.reason = "failed", "measure", latency.error
-        trial.loss = (trial.latency.ratio if trial.status == "ok" else
-                      VIOLATION_LOSS + max(0.0, -(trial.margin or 0.0)) if trial.status == "violates" else FAILED_LOSS)
+            elif reference.memory_mb and latency.memory_mb is not None:
+                trial.memory_ratio = latency.memory_mb / reference.memory_mb
+        if trial.size is not None:
+            trial.size_ratio = trial.size / len(self.payload.model)
+        trial.loss = self._loss(trial)
         self.cache.put(self._cache_key(trial.key), self.context_key, trial.seq, trial.point, trial.stored())
+
+    def _loss(self, trial: Trial) -> float:
+        """What nevergrad minimizes: the objective for a measured trial, a penalty otherwise."""
+        if trial.status == "ok":
+            return self.objective.score(latency=trial.latency.ratio, size=trial.size_ratio or 1.0,
+                                        accuracy=accuracy_loss(trial.scores), memory=trial.memory_ratio)
+        if trial.status == "violates":
+            return VIOLATION_LOSS + max(0.0, -(trial.margin or 0.0))
+        return FAILED_LOSS
 
     def _build(self, jobs: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
         """Run the builds in the executor; a dead or hung worker fails its trial and the pool is renewed.
