@@ -181,7 +181,8 @@ class LiveView:
         table.caption = "green: on the current Pareto front; bold: fastest so far"
         front = self._front()
         for t in self.rows[-ROWS_SHOWN:]:
-            style = "bold green" if t is self.best else "green" if t.seq in front else "red" if t.status == "failed" else ""
+            style = ("bold green" if t is self.best else "green" if t.seq in front
+                     else "red" if t.status == "failed" else "")
             ratio = f"{t.latency.ratio:.3f}" if t.latency and t.latency.ratio is not None else "-"
             table.add_row(str(t.seq), t.origin, t.status, t.spec[:70], ratio, _size(t.size),
                           _num(t.scores.get("cosine")), style=style)
