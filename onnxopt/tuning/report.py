@@ -128,14 +128,22 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
         chosen = [r for r in rows if subset(r)]
         ax.scatter([r["ratio"] for r in chosen], [1 - (r.get("score_cosine") or 0) for r in chosen],
                    s=[max(r["size"] or 1, 1) * scale for r in chosen], c=colour, alpha=0.7, label=label)
-    for r in rows:
-        if r["origin"] not in ("search", "grid"):
-            ax.annotate(r["origin"], (r["ratio"], 1 - (r.get("score_cosine") or 0)), fontsize=8)
+    best = [r for r in rows if r["seq"] == data["best"]]
+    if best:
+        ax.scatter([best[0]["ratio"]], [1 - (best[0].get("score_cosine") or 0)], marker="*", s=260, c="#fc0",
+                   edgecolors="#333", label="chosen", zorder=3)
+    marked = [r for r in rows if r["origin"] not in ("search", "grid")]
+    for i, r in enumerate(marked):  # the input and the single techniques, labels staggered so they stay legible
+        ax.annotate(r["origin"], (r["ratio"], 1 - (r.get("score_cosine") or 0)), fontsize=8,
+                    xytext=(6, 10 * (i - len(marked) / 2)), textcoords="offset points")
     ax.axvline(1.0, color="#555", lw=0.8, ls="--")
-    ax.set_xlabel("latency / input latency")
+    ax.set_xlabel("latency / input latency (marker area: model size)")
     ax.set_ylabel("1 - output cosine")
     ax.set_yscale("symlog", linthresh=1e-5)
-    ax.legend(fontsize=8)
+    ax.set_ylim(bottom=0)
+    legend = ax.legend(fontsize=8)
+    for handle in legend.legend_handles:
+        handle.set_sizes([40])
     pictures["pareto.png"] = _png(fig, plt)
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
     best, history = float("inf"), []
