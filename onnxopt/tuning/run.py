@@ -135,6 +135,10 @@ def tune(
                   executor=executor, trial_timeout_s=trial_timeout_s, on_event=on_event, objective=goal)
     trials = tuner.run()
     result = decide(model, trials, tuner, meter, space, goal, on_event)
+    if strategy == "grid":
+        points = len(space.grid())
+        result.summary["grid"] = (f"{points} distinct points" + (f", the first {budget} visited (--budget)"
+                                                                  if budget < points else ", all visited"))
     result.summary.update(profile=prof.name, target=target, strategy=strategy, seed=seed, budget=budget,
                           objective=goal.describe(),
                           input=str(source) if isinstance(source, str | os.PathLike) else "(in memory)",

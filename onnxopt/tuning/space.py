@@ -37,6 +37,7 @@ SESSION_DIMS = {
 }
 MULTI_THREAD_DIMS = {"allow_spinning": (True, False), "execution_mode": ("sequential", "parallel")}
 RANGE_STEP = 0.1  # grid step of a Range dimension (stated in the report)
+MAX_GRID = 100_000  # raw grid points enumerated for --strategy grid
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,11 @@ class Space:
         return json.dumps(self.canonical(point), sort_keys=True)
 
     def grid(self) -> list[dict[str, Any]]:
-        """Every distinct canonical point, in a deterministic order."""
+        """Every distinct canonical point, in a deterministic order (refused past ``MAX_GRID`` raw points)."""
+        if self.grid_size() > MAX_GRID:
+            raise ConfigError(f"the grid has {self.grid_size():,} points before canonicalization (at most "
+                              f"{MAX_GRID:,} are enumerated)", "narrow the space with --recipe (fix/values/range), "
+                              "or use another --strategy")
         seen: dict[str, dict[str, Any]] = {}
         for values in itertools.product(*(d.grid() for d in self.dims)):
             point = self.canonical(dict(zip(self.names(), values, strict=True)))
