@@ -22,7 +22,8 @@ def tune_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for best.onnx, pareto/, trials and the report.")],
     profile: Annotated[str | None, typer.Option("--profile", "-p", help="Device profile name or .toml file "
                                                 "[default: cpu].")] = None,
-    budget: Annotated[int | None, typer.Option("--budget", help="Number of distinct trials [default: 20].")] = None,
+    budget: Annotated[int | None, typer.Option(
+        "--budget", help="Number of distinct trials [default: 20; grid: all its points].")] = None,
     time_limit: Annotated[str | None, typer.Option("--time", help="Stop after this long: 90s, 30m, 1h.")] = None,
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration data: .npz/.npy, image folder.")] = None,
     data: Annotated[str | None, typer.Option("--data", help="Evaluation data (default: the tail of --calib).")] = None,

@@ -36,7 +36,8 @@ from onnxopt.tuning.space import Space, build_space
 from onnxopt.tuning.trial import Payload
 
 DEFAULT_TARGET = "cosine>=0.99"
-DEFAULTS = {"profile": "cpu", "target": DEFAULT_TARGET, "strategy": "ngopt", "seed": 0, "budget": 20}
+DEFAULT_BUDGET = 20
+DEFAULTS = {"profile": "cpu", "target": DEFAULT_TARGET, "strategy": "ngopt", "seed": 0}
 FINALISTS = 5  # front members re-measured together at the end (fastest first)
 AA_LABEL = "input (A/A)"
 # the smallest gain taken as real even when the A/A pair agrees closely: in-run intervals do not
@@ -113,16 +114,18 @@ def tune(
     stored = _last_run(out_dir) if resume else {}
     if resume and not stored:
         raise ConfigError(f"nothing to resume in {out_dir}: it holds no tune run", "run without --resume first")
-    chosen = {k: v if v is not None else stored.get(k, DEFAULTS[k]) for k, v in given.items()}
+    chosen = {k: v if v is not None else stored.get(k, DEFAULTS.get(k)) for k, v in given.items()}
     profile, target, strategy, seed, budget = (chosen[k] for k in ("profile", "target", "strategy", "seed", "budget"))
-    if budget < 1:
-        raise ConfigError("the budget must be at least 1 trial")
     parse_target(target)  # a bad target fails now, not in every trial
     prof = get_profile(profile)
+    space = build_space(prof, _recipe(recipe))
+    if budget is None:  # a grid visits all its points unless told otherwise
+        budget = len(space.grid()) if strategy == "grid" else DEFAULT_BUDGET
+    if budget < 1:
+        raise ConfigError("the budget must be at least 1 trial")
     source = model
     model = model_io.load(model, shapes=shapes)
     calib_set, eval_set = _datasets(load_data, model, calib, data, shapes)
-    space = build_space(prof, _recipe(recipe))
     payload = Payload(model.SerializeToString(), calib_set, eval_set, prof, dict(shapes) if shapes else None,
                       target, metric, fault)
     meter = meter or ProfilerMeter(prof, feeds_for(model, eval_set, prof.inputs.samples))
@@ -186,7 +189,7 @@ def _last_run(out_dir) -> dict[str, Any]:
     cache = TrialCache(Path(out_dir) / DB_NAME)
     runs = cache.runs()
     cache.close()
-    return {k: v for k, v in runs[-1][1].items() if k in DEFAULTS} if runs else {}
+    return {k: v for k, v in runs[-1][1].items() if k in (*DEFAULTS, "budget")} if runs else {}
 
 
 def _db_path(out_dir) -> Path:
