@@ -182,8 +182,10 @@ def _plain(value: Any) -> Any:
 
 
 def _options(point: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The pass's options in the point; None means "the pass's default" and is left out."""
     head = prefix + "."
-    return {k[len(head):]: v for k, v in point.items() if k.startswith(head) and k != head + "enabled"}
+    return {k[len(head):]: v for k, v in point.items()
+            if k.startswith(head) and k != head + "enabled" and v is not None}
 
 
 def _spec_value(value: Any) -> str:
@@ -237,6 +239,8 @@ def _dim(name: str, tunable, default, when) -> Dim:
         value = default if isinstance(default, int | float) and tunable.low <= default <= tunable.high else tunable.low
         return Dim(name, low=tunable.low, high=tunable.high, step=RANGE_STEP, default=value, when=when)
     assert isinstance(tunable, Choice)
+    if default is None:  # the pass decides (e.g. round_to from the profile's channel block): a value of its own
+        return Dim(name, (None, *tunable.values), default=None, when=when)
     value = default if default in tunable.values else tunable.values[0]
     return Dim(name, tuple(tunable.values), default=value, when=when)
 
