@@ -257,6 +257,8 @@ class Tuner:
             except cf.process.BrokenProcessPool:
                 broken.append(index)
                 self._close_pool(kill=True)
+            except Exception as exc:  # recorded, not swallowed: another executor's lost worker (Dask's KilledWorker)
+                results[index] = _lost("crash", f"the trial's worker failed: {type(exc).__name__}: {exc}")
         for index in broken:
             if len(futures) == 1:
                 results[index] = _lost("crash", "the trial's worker process died (onnxruntime or a pass crashed, "
