@@ -35,6 +35,7 @@ STRATEGIES = {"ngopt": "NGOpt", "random": "RandomSearch", "bo": "BO", "cma": "CM
               "portfolio": "Portfolio", "grid": None}
 FAILED_LOSS = 10.0  # told for a candidate that could not be built, run or measured
 VIOLATION_LOSS = 2.0  # plus the target deficit, for a candidate that breaks the accuracy target
+MAX_PENALTY = 5.0  # the largest target deficit told to nevergrad (its models need finite values)
 MAX_ASKS_PER_TRIAL = 20  # a small discrete space makes optimizers re-ask known points: stop then
 
 
@@ -116,6 +117,7 @@ class Tuner:
 
     def run(self) -> list[Trial]:
         deadline = time.monotonic() + self.time_s if self.time_s else None
+        self._preload()
         try:
             if self.strategy == "grid":
                 self._run_grid(deadline)
@@ -140,6 +142,11 @@ class Tuner:
             warnings.simplefilter("ignore")  # nevergrad warns about discrete spaces for BO/CMA: expected here
             optimizer = ng.optimizers.registry[STRATEGIES[self.strategy]](
                 parametrization, budget=self.budget * MAX_ASKS_PER_TRIAL, num_workers=self.jobs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for trial in self.trials:  # finished by an earlier run: the optimizer continues from them
+                optimizer.tell(parametrization.spawn_child(new_value=self._full(trial.point)), trial.loss,
+                               constraint_violation=self._violation(trial))
         for _, point in self.seeds:
             optimizer.suggest(self._full(point))
         # nevergrad hands suggestions back in its own order: name them by their point
@@ -155,10 +162,31 @@ class Tuner:
             asks += room
             batch = [(origins.pop(self.space.key(c.value), "search"), c.value) for c in candidates]
             for candidate, trial in zip(candidates, self._evaluate(batch), strict=True):
-                violation = None if trial.status == "ok" else [max(1e-3, -(trial.margin or -1.0))]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    optimizer.tell(candidate, trial.loss, constraint_violation=violation)
+                    optimizer.tell(candidate, trial.loss, constraint_violation=self._violation(trial))
+
+    def _preload(self) -> None:
+        """Trials an earlier run of this context finished (a killed or shorter run) come first and
+        count in the budget; points outside this run's space (another recipe) are left in the cache."""
+        for stored in self.cache.trials(self.context_key):
+            if len(self._known) >= self.budget:
+                break
+            trial = Trial.from_stored(stored)
+            if trial.key in self._known or not self.space.contains(trial.point):
+                continue
+            trial.seq, trial.loss = len(self.trials) + 1, self._loss(trial)
+            self._known[trial.key] = trial
+            self.trials.append(trial)
+            self.on_event("trial", {"trial": trial})
+
+    @staticmethod
+    def _violation(trial: Trial) -> list[float] | None:
+        """nevergrad's constraint violation: the target deficit (finite) for a trial that was not measured."""
+        if trial.status == "ok":
+            return None
+        deficit = -(trial.margin if trial.margin is not None else -1.0)
+        return [min(MAX_PENALTY, max(1e-3, deficit))]
 
     def _full(self, point: Mapping[str, Any]) -> dict[str, Any]:
         """A complete value for the parametrization: the seed's values over every dimension's default."""
@@ -236,8 +264,8 @@ class Tuner:
         if trial.status == "ok":
             return self.objective.score(latency=trial.latency.ratio, size=trial.size_ratio or 1.0,
                                         accuracy=accuracy_loss(trial.scores), memory=trial.memory_ratio)
-        if trial.status == "violates":
-            return VIOLATION_LOSS + max(0.0, -(trial.margin or 0.0))
+        if trial.status == "violates":  # a target the outputs cannot give has margin -inf: kept finite
+            return VIOLATION_LOSS + min(MAX_PENALTY, max(0.0, -(trial.margin or 0.0)))
         return FAILED_LOSS
 
     def _build(self, jobs: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:

@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,10 +93,24 @@ class Space:
 
     def canonical(self, point: Mapping[str, Any]) -> dict[str, Any]:
         """Only the dimensions that matter for this point (plus the fixed ones), in a stable order."""
-        full = {**self.fixed, **{k: _plain(v) for k, v in point.items()}}
-        kept = {d.name: full.get(d.name, d.default) for d in self.dims if self.active(d, full)}
+        full = {**{d.name: d.default for d in self.dims}, **self.fixed, **{k: _plain(v) for k, v in point.items()}}
+        kept = {d.name: full[d.name] for d in self.dims if self.active(d, full)}
         kept.update({k: v for k, v in self.fixed.items() if k not in kept})
         return dict(sorted(kept.items()))
+
+    def contains(self, point: Mapping[str, Any]) -> bool:
+        """The point is canonical here: every active dimension holds one of its values, fixed ones match."""
+        full = self.canonical(point)
+        if full != {k: _plain(v) for k, v in point.items()}:
+            return False
+        for dim in self.dims:
+            if not self.active(dim, full):
+                continue
+            value = full.get(dim.name)
+            inside = dim.low <= value <= dim.high if dim.is_range else value in dim.values
+            if not inside:
+                return False
+        return all(full.get(k) == v for k, v in self.fixed.items())
 
     def key(self, point: Mapping[str, Any]) -> str:
         return json.dumps(self.canonical(point), sort_keys=True)
@@ -193,9 +208,12 @@ def _spec_value(value: Any) -> str:
 
 
 def _scheme_options(scheme: str) -> dict[str, Any]:
-    """``"qdq-u8s8"`` -> format qdq, u8 activations, s8 weights."""
+    """``"qdq-u8s8"`` -> format qdq, u8 activations, s8 weights (``"qdq-u16u8"``: u16 and u8)."""
     fmt, _, types = scheme.partition("-")
-    return {"format": fmt, "activation_type": types[:2], "weight_type": types[2:]}
+    match = re.fullmatch(r"([us]\d+)([us]\d+)", types)
+    if not match:
+        raise ConfigError(f"quant format {scheme!r} is not FORMAT-ACTWEIGHT", "e.g. qdq-u8s8")
+    return {"format": fmt, "activation_type": match.group(1), "weight_type": match.group(2)}
 
 
 # ---------------------------------------------------------------- building
@@ -209,7 +227,7 @@ def build_space(profile, recipe: Mapping[str, Any] | None = None) -> Space:
     from onnxopt.passes import get_pass
 
     dims: list[Dim] = [Dim("simplify.enabled", (True, False), default=True)]
-    dims += _pass_dims("simplify", get_pass("simplify"), when=None, skip=())
+    dims += _pass_dims("simplify", get_pass("simplify"), when=("simplify.enabled", (True,)), skip=())
     dims.append(Dim("prune.enabled", (False, True), default=False))
     dims += _pass_dims("prune", get_pass("prune"), when=("prune.enabled", (True,)), skip=())
     precisions = [p for p in PRECISIONS if p == "fp32" or p in profile.accelerates.precisions]

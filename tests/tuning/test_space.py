@@ -39,8 +39,6 @@ def test_options_of_a_disabled_pass_are_dropped():
     assert space.pipeline(off) == space.pipeline(other)
 
 
-@pytest.mark.xfail(strict=True, reason="space.py: simplify's options are declared with when=None, so "
-                                       "simplify.ort stays in the key of a point that switches simplify off")
 def test_options_of_disabled_simplify_are_dropped():
     space = space_for()
     a = {**space.default(), "simplify.enabled": False, "simplify.ort": True}
@@ -70,12 +68,7 @@ def test_only_the_input_point_is_the_input():
     assert space.spec({"simplify.enabled": False}) == "(input)"
 
 
-U16_BUG = "space._scheme_options cuts 'u16u8' as 'u1'+'6u8': the quantize config refuses it"
-
-
-@pytest.mark.parametrize("profile", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=U16_BUG))
-    if any("16" in f for f in get_profile(p).accelerates.quant_formats) else p for p in SHIPPED])
+@pytest.mark.parametrize("profile", SHIPPED)
 def test_sampled_points_build_valid_pipelines_and_their_spec_round_trips(profile):
     space = space_for(profile)
     parametrization = space.parametrization(seed=3)
@@ -139,9 +132,7 @@ SCHEMES = [(p, s) for p in INT8_PROFILES for s in get_profile(p).accelerates.qua
            if not s.startswith("dynamic")]
 
 
-@pytest.mark.parametrize(("profile", "scheme"), [
-    pytest.param(p, s, marks=pytest.mark.xfail(strict=True, reason=U16_BUG))
-    if "16" in s else (p, s) for p, s in SCHEMES])
+@pytest.mark.parametrize(("profile", "scheme"), SCHEMES)
 def test_each_int8_scheme_builds_the_quantize_config_it_names(profile, scheme):
     space = space_for(profile)
     steps = dict(space.pipeline({"precision": "int8", "quantize.mode": "static", "quantize.scheme": scheme}))
