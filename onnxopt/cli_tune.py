@@ -53,8 +53,6 @@ def tune_cmd(
 
     view = None if json_out else LiveView(budget or 20)
     try:
-        if view:
-            view.start()
         result = onnxopt.tune(str(model), profile=profile, calib=calib, data=data, metric=eval_metric, target=target,
                               budget=budget, time_limit=time_limit, strategy=strategy, seed=seed, jobs=jobs,
                               resume=resume, objective=objective, recipe=recipe, out_dir=out,
@@ -107,7 +105,7 @@ def render_summary(payload: dict[str, Any], folder: Path, improved: bool) -> Non
     con.print(summary.get("decision", ""))
     con.print(f"{summary.get('trials')} trials: {summary.get('ok')} measured, {summary.get('violates')} broke the "
               f"target, {summary.get('failed')} failed, {summary.get('cached')} reused from the cache")
-    best = "best.onnx (the input model: nothing was faster beyond the noise)" if not improved else "best.onnx"
+    best = "best.onnx" if improved else "best.onnx (the input model, as decided above)"
     con.print(f"wrote {folder}/{best}, pareto/, trials.csv, report.json, report.html")
 
 
@@ -148,7 +146,10 @@ class LiveView:
             self.live.stop()
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "trial":
+        if kind == "start":  # inputs loaded and checked: the search begins
+            self.budget = data["budget"]
+            self.start()
+        elif kind == "trial":
             trial = data["trial"]
             self.rows.append(trial)
             if trial.status == "ok" and (self.best is None or trial.latency.ratio < self.best.latency.ratio):

@@ -32,7 +32,7 @@ from onnxopt.tuning.meter import Latency, Meter, ProfilerMeter, feeds_for
 from onnxopt.tuning.objective import Objective, accuracy_loss
 from onnxopt.tuning.pareto import front_indices
 from onnxopt.tuning.search import Event, Trial, Tuner
-from onnxopt.tuning.space import Space, build_space
+from onnxopt.tuning.space import Space, apply_recipe, build_space
 from onnxopt.tuning.trial import Payload
 
 DEFAULT_TARGET = "cosine>=0.99"
@@ -126,6 +126,10 @@ def tune(
     source = model
     model = model_io.load(model, shapes=shapes)
     calib_set, eval_set = _datasets(load_data, model, calib, data, shapes)
+    _check_target(model, eval_set, target, metric)
+    if calib_set is None and any(d.name == "quantize.mode" for d in space.dims):
+        # static int8 and its latency-aware fallback calibrate: without data only dynamic int8 is searched
+        space = apply_recipe(space, {"fix": {"quantize.mode": "dynamic", "quantize.latency_aware": False}})
     payload = Payload(model.SerializeToString(), calib_set, eval_set, prof, dict(shapes) if shapes else None,
                       target, metric, fault)
     meter = meter or ProfilerMeter(prof, feeds_for(model, eval_set, prof.inputs.samples))
@@ -136,6 +140,8 @@ def tune(
     tuner = Tuner(model, space, payload, meter, strategy=strategy, budget=budget, time_s=parse_duration(time_limit),
                   seed=seed, jobs=jobs, cache=cache, context_key=context, seeds=seed_points(space),
                   executor=executor, trial_timeout_s=trial_timeout_s, on_event=on_event, objective=goal)
+    if on_event:
+        on_event("start", {"budget": budget, "space": space})
     trials = tuner.run()
     result = decide(model, trials, tuner, meter, space, goal, on_event)
     if strategy == "grid":
@@ -165,6 +171,23 @@ def _datasets(load_data, model, calib, data, shapes):
         held = min(EVAL_SAMPLES, len(calib_set) // 2)
         return calib_set.take(len(calib_set) - held), calib_set.tail(held)
     return calib_set, load_data("synthetic:n=16", model, shapes=shapes)
+
+
+def _check_target(model: onnx.ModelProto, eval_set, target: str, metric: str | None) -> None:
+    """Refuse a target the model's outputs or the data cannot give, before any trial is built."""
+    from onnxopt.agreement import is_class_like
+    from onnxopt.runtime import run
+    from onnxopt.targets import parse_target
+
+    kinds = {c.kind for c in parse_target(target)}
+    if "max_drop" in kinds and eval_set.labels is None and metric is None:
+        raise ConfigError(f"the target {target!r} needs labelled evaluation data or --eval",
+                          "give --data with labels (an .npz with a 'labels' array) or --eval module:function")
+    if "top1" in kinds:
+        outputs = run(model, eval_set.take(min(2, len(eval_set))))
+        if not any(is_class_like(value) for value in outputs.values()):
+            raise ConfigError(f"the target {target!r} needs class scores, and no output of this model is [N, C]",
+                              "use cosine>= or iou>= for feature or mask outputs")
 
 
 def _recipe(recipe) -> dict[str, Any] | None:
@@ -218,6 +241,7 @@ def seed_points(space: Space) -> list[tuple[str, dict[str, Any]]]:
                   ("fp16", {"precision": "fp16"})]
     seeds = []
     for name, values in candidates:
+        values = {k: v for k, v in values.items() if k not in space.fixed}  # a recipe's fixed value wins
         if all(k in dims and (dims[k].is_range or v in dims[k].values) for k, v in values.items()):
             seeds.append((name, values))
     return seeds
@@ -261,10 +285,13 @@ def decide(model: onnx.ModelProto, trials: list[Trial], tuner: Tuner, meter: Met
                                "violates": sum(t.status == "violates" for t in trials),
                                "failed": sum(t.status == "failed" for t in trials),
                                "cached": sum(t.cached for t in trials), "noise": round(noise, 4)}
-    if best is None:
+    chosen = model
+    if best is None and not finalists:
+        summary["decision"] = ("no candidate met the target and was measured; the input model is returned"
+                               if trials else "no trial ran; the input model is returned")
+    elif best is None:
         summary["decision"] = (f"no candidate was faster than the input beyond the measurement noise "
                                f"({noise:.1%}, from an A/A pair re-measured with them); the input model is returned")
-        chosen = model
     else:
         lat = by_label[f"t{best.seq}"]
         summary["decision"] = (f"trial {best.seq} ({best.spec}) runs at {lat.ratio:.3f}x the input's latency "
