@@ -239,10 +239,12 @@ def seed_points(space: Space) -> list[tuple[str, dict[str, Any]]]:
                   ("prune", {"prune.enabled": True}),
                   ("int8", {"precision": "int8", "quantize.latency_aware": True}),
                   ("fp16", {"precision": "fp16"})]
-    seeds = []
+    seeds, keys = [], set()
     for name, values in candidates:
         values = {k: v for k, v in values.items() if k not in space.fixed}  # a recipe's fixed value wins
-        if all(k in dims and (dims[k].is_range or v in dims[k].values) for k, v in values.items()):
+        valid = all(k in dims and (dims[k].is_range or v in dims[k].values) for k, v in values.items())
+        if valid and space.key(values) not in keys:  # fixed values can make two seeds one point
+            keys.add(space.key(values))
             seeds.append((name, values))
     return seeds
 

@@ -147,6 +147,7 @@ class Tuner:
             for trial in self.trials:  # finished by an earlier run: the optimizer continues from them
                 optimizer.tell(parametrization.spawn_child(new_value=self._full(trial.point)), trial.loss,
                                constraint_violation=self._violation(trial))
+        told = {trial.key for trial in self.trials}
         for _, point in self.seeds:
             optimizer.suggest(self._full(point))
         # nevergrad hands suggestions back in its own order: name them by their point
@@ -162,6 +163,9 @@ class Tuner:
             asks += room
             batch = [(origins.pop(self.space.key(c.value), "search"), c.value) for c in candidates]
             for candidate, trial in zip(candidates, self._evaluate(batch), strict=True):
+                if trial.key in told:  # a point asked again: telling it twice breaks BO (bayes_opt refuses)
+                    continue
+                told.add(trial.key)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     optimizer.tell(candidate, trial.loss, constraint_violation=self._violation(trial))
