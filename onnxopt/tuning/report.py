@@ -126,21 +126,24 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
     for subset, colour, label in ((lambda r: r["seq"] not in front, "#9aa", "trial"),
                                   (lambda r: r["seq"] in front, "#d33", "Pareto front")):
         chosen = [r for r in rows if subset(r)]
-        ax.scatter([r["ratio"] for r in chosen], [1 - (r.get("score_cosine") or 0) for r in chosen],
+        ax.scatter([r["ratio"] for r in chosen], [_loss(r) for r in chosen],
                    s=[max(r["size"] or 1, 1) * scale for r in chosen], c=colour, alpha=0.7, label=label)
     best = [r for r in rows if r["seq"] == data["best"]]
     if best:
-        ax.scatter([best[0]["ratio"]], [1 - (best[0].get("score_cosine") or 0)], marker="*", s=260, c="#fc0",
+        ax.scatter([best[0]["ratio"]], [_loss(best[0])], marker="*", s=260, c="#fc0",
                    edgecolors="#333", label="chosen", zorder=3)
     marked = [r for r in rows if r["origin"] not in ("search", "grid")]
     for i, r in enumerate(marked):  # the input and the single techniques, labels staggered so they stay legible
-        ax.annotate(r["origin"], (r["ratio"], 1 - (r.get("score_cosine") or 0)), fontsize=8,
+        ax.annotate(r["origin"], (r["ratio"], _loss(r)), fontsize=8,
                     xytext=(6, 10 * (i - len(marked) / 2)), textcoords="offset points")
     ax.axvline(1.0, color="#555", lw=0.8, ls="--")
     ax.set_xlabel("latency / input latency (marker area: model size)")
-    ax.set_ylabel("1 - output cosine")
-    ax.set_yscale("symlog", linthresh=1e-5)
-    ax.set_ylim(bottom=0)
+    by_metric = any(r.get("score_max_drop") is not None for r in rows)
+    ax.set_ylabel("accuracy drop (the target's metric)" if by_metric else "1 - output cosine")
+    if not by_metric:  # a metric drop moves in steps of 1/samples: a linear axis; cosine losses span decades
+        ax.set_yscale("symlog", linthresh=1e-5)
+        ax.set_ylim(bottom=0)
+    ax.margins(y=0.12)
     legend = ax.legend(fontsize=8)
     for handle in legend.legend_handles:
         handle.set_sizes([40])
@@ -156,6 +159,12 @@ def _plots(data: dict[str, Any]) -> dict[str, bytes]:
     ax.set_ylabel("best latency ratio so far")
     pictures["history.png"] = _png(fig, plt)
     return pictures
+
+
+def _loss(row: dict) -> float:
+    """The accuracy loss the Pareto front used: the metric drop when measured, else 1 - cosine."""
+    drop = row.get("score_max_drop")
+    return drop if drop is not None else 1 - (row.get("score_cosine") or 0)
 
 
 def _png(fig, plt) -> bytes:
