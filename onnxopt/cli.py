@@ -445,8 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            app(args=args, prog_name="onnxopt", standalone_mode=False)
-        return 0
+            result = app(args=args, prog_name="onnxopt", standalone_mode=False)
+        if result == 130:  # typer >= 0.2x returns Ctrl-C's exit code instead of raising Abort
+            _fail("interrupted", 130, debug, KeyboardInterrupt())
+        return result if isinstance(result, int) else 0
     except typer.Exit as exc:
         return exc.exit_code
     except _click_error() as exc:

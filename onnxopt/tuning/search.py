@@ -123,8 +123,10 @@ class Tuner:
                 self._run_grid(deadline)
             else:
                 self._run_optimizer(deadline)
-        finally:
-            self._close_pool()
+        except BaseException:  # Ctrl-C or an error: end the workers now (finished trials are in the cache)
+            self._close_pool(kill=True)
+            raise
+        self._close_pool()
         return self.trials
 
     def _run_grid(self, deadline: float | None) -> None:

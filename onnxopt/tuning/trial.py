@@ -40,7 +40,11 @@ class Payload:
 
 
 def init_worker(payload: Payload) -> None:
-    """ProcessPoolExecutor initializer: keep the payload in this process."""
+    """ProcessPoolExecutor initializer: keep the payload in this process; Ctrl-C is the tuner's to
+    handle (it ends the workers), so a worker does not die of it mid-trial with a traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _STATE.clear()
     _STATE["payload"] = payload
 
