@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import onnx
 
@@ -119,3 +120,44 @@ def test_kill_9_then_the_same_command_reuses_the_stored_trials_and_finishes(tmp_
     onnx.checker.check_model(onnx.load(out / "best.onnx"))
     assert json.loads((out / "report.json").read_text()) == report
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _default_sigint() -> None:
+    """A child of a non-interactive shell may inherit SIGINT ignored; a user's terminal delivers it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.setsid()
+
+
+def test_ctrl_c_exits_130_keeps_the_finished_trials_and_ends_every_worker(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "onnxopt.cli", "tune", str(DIGITS), "-o", str(out), "--profile", "cpu-1t",
+               "--calib", str(DIGITS_EVAL), "--budget", "8", "--json"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
+    try:
+        deadline = time.monotonic() + 240
+        while len(stored_trials(out / DB_NAME)) < 2:
+            assert proc.poll() is None, f"tune ended before 2 trials were stored: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "no 2 trials stored in time"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group
+        code = proc.wait(timeout=60)
+        stderr = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stderr.close()
+    assert code == 130
+    assert stderr.strip().splitlines()[-1] == "error: interrupted"
+    assert "Traceback" not in stderr  # neither the CLI nor a trial worker prints one
+    for _ in range(100):  # the pool's workers and any measurement child end with the tuner
+        alive = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        zombies = [p for p in alive if Path(f"/proc/{p}/stat").is_file()
+                   and Path(f"/proc/{p}/stat").read_text().split()[2] == "Z"]
+        if len(alive) == len(zombies):
+            break
+        time.sleep(0.1)
+    assert len(alive) == len(zombies), alive
+    assert len(stored_trials(out / DB_NAME)) >= 2
+    assert {p.name for p in out.iterdir()} <= {DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"}
