@@ -233,12 +233,14 @@ def _context_key(payload: Payload, prof, eval_set, seed: int) -> str:
 
 
 def seed_points(space: Space) -> list[tuple[str, dict[str, Any]]]:
-    """Told first: the input model, each single technique at its default, and the plain default."""
+    """Told first: the input model, each single technique at its default, the plain default, and
+    pruning followed by latency-aware int8 (the combination no single technique reaches)."""
     dims = {d.name: d for d in space.dims}
     candidates = [("input", {"simplify.enabled": False}), ("simplify", {}),
                   ("prune", {"prune.enabled": True}),
                   ("int8", {"precision": "int8", "quantize.latency_aware": True}),
-                  ("fp16", {"precision": "fp16"})]
+                  ("fp16", {"precision": "fp16"}),
+                  ("prune+int8", {"prune.enabled": True, "precision": "int8", "quantize.latency_aware": True})]
     seeds, keys = [], set()
     for name, values in candidates:
         values = {k: v for k, v in values.items() if k not in space.fixed}  # a recipe's fixed value wins

@@ -17,7 +17,7 @@ from onnxopt.tuning.search import STRATEGIES
 from tests.conftest import DIGITS, DIGITS_EVAL
 from tests.tuning.fakes import FAST_RECIPE, CountingExecutor, FakeMeter, fake_cost, sequence, tune_fast
 
-SEED_NAMES = {"input", "simplify", "prune", "int8", "fp16"}
+SEED_NAMES = {"input", "simplify", "prune", "int8", "fp16", "prune+int8"}
 
 
 def in_space(space, point) -> bool:
