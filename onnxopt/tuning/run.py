@@ -127,6 +127,11 @@ def tune(
     model = model_io.load(model, shapes=shapes)
     calib_set, eval_set = _datasets(load_data, model, calib, data, shapes)
     _check_target(model, eval_set, target, metric)
+    if calib_set is not None and any(d.name == "quantize.mode" for d in space.dims) and "quantize.target" not in (
+            {d.name for d in space.dims} | set(space.fixed)):
+        # int8 with the quantizer's own fallback to the tune target: the fewest float nodes that keep it
+        space = apply_recipe(space, {"values": {"quantize.target": [None, target]},
+                                     "fix": {"quantize.eval": metric} if metric else {}})
     if calib_set is None and any(d.name == "quantize.mode" for d in space.dims):
         # static int8 and its latency-aware fallback calibrate: without data only dynamic int8 is searched
         space = apply_recipe(space, {"fix": {"quantize.mode": "dynamic", "quantize.latency_aware": False}})
