@@ -132,6 +132,9 @@ def tune(
         # int8 with the quantizer's own fallback to the tune target: the fewest float nodes that keep it
         space = apply_recipe(space, {"values": {"quantize.target": [None, target]},
                                      "fix": {"quantize.eval": metric} if metric else {}})
+    if calib_set is None and any(d.name == "prune.strategy" for d in space.dims):
+        # sensitivity pruning measures on calibration data: without it, uniform and global only
+        space = apply_recipe(space, {"values": {"prune.strategy": ["uniform", "global"]}})
     if calib_set is None and any(d.name == "quantize.mode" for d in space.dims):
         # static int8 and its latency-aware fallback calibrate: without data only dynamic int8 is searched
         space = apply_recipe(space, {"fix": {"quantize.mode": "dynamic", "quantize.latency_aware": False}})
@@ -238,14 +241,16 @@ def _context_key(payload: Payload, prof, eval_set, seed: int) -> str:
 
 
 def seed_points(space: Space) -> list[tuple[str, dict[str, Any]]]:
-    """Told first: the input model, each single technique at its default, the plain default, and
-    pruning followed by latency-aware int8 (the combination no single technique reaches)."""
+    """Told first: the input model, the plain default (simplify), each single technique (sensitivity
+    pruning, latency-aware int8, fp16 where the profile runs it), and sensitivity pruning followed by
+    latency-aware int8 (the combination neither reaches alone)."""
     dims = {d.name: d for d in space.dims}
     candidates = [("input", {"simplify.enabled": False}), ("simplify", {}),
-                  ("prune", {"prune.enabled": True}),
+                  ("prune", {"prune.enabled": True, "prune.strategy": "sensitivity"}),
                   ("int8", {"precision": "int8", "quantize.latency_aware": True}),
                   ("fp16", {"precision": "fp16"}),
-                  ("prune+int8", {"prune.enabled": True, "precision": "int8", "quantize.latency_aware": True})]
+                  ("prune+int8", {"prune.enabled": True, "prune.strategy": "sensitivity", "precision": "int8",
+                                  "quantize.latency_aware": True})]
     seeds, keys = [], set()
     for name, values in candidates:
         values = {k: v for k, v in values.items() if k not in space.fixed}  # a recipe's fixed value wins

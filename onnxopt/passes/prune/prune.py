@@ -192,7 +192,8 @@ class Prune(Pass):
         "ratio": Range(0.0, 0.7),
         "round_to": Choice((1, 4, 8, 16)),
         "criterion": Choice(("auto", "l1", "l2", "bn_scale")),  # auto: variance when the tuner has data
-        "strategy": Choice(("uniform", "global")),
+        # sensitivity measures each group pruned alone on the calibration data: slow, most accurate
+        "strategy": Choice(("uniform", "global", "sensitivity")),
     }
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
