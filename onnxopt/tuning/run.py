@@ -237,7 +237,20 @@ def _context_key(payload: Payload, prof, eval_set, seed: int) -> str:
 
     calib = payload.calib.source if payload.calib is not None else None
     return digest(payload.model, calib, eval_set.source, len(eval_set), payload.target, payload.metric,
-                  prof.model_dump(mode="json"), __version__, onnxruntime.__version__, seed)
+                  prof.model_dump(mode="json"), __version__, code_digest(), onnxruntime.__version__, seed)
+
+
+def code_digest() -> str:
+    """A hash of onnxopt's own source: a trial measured by other pass code is not reused (the version
+    number alone does not change between commits)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def seed_points(space: Space) -> list[tuple[str, dict[str, Any]]]:
