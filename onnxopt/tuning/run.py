@@ -43,8 +43,10 @@ AA_LABEL = "input (A/A)"
 # the smallest gain taken as real even when the A/A pair agrees closely: in-run intervals do not
 # cover what changes between processes (memory placement, clock state)
 MIN_NOISE = 0.01
-EVAL_SAMPLES = 128  # held-out samples taken from the end of the calibration data when no --data is given
+EVAL_SAMPLES = 256  # held-out samples taken from the end of the calibration data when no --data is given
+# (a drop target of 1 point then spans 2.5 samples: fewer lets noise pass a candidate)
 DB_NAME = "trials.sqlite"
+MIN_SLACK_SAMPLES = 2  # a drop target must allow at least this many samples to flip
 
 
 @dataclass
@@ -127,6 +129,7 @@ def tune(
     model = model_io.load(model, shapes=shapes)
     calib_set, eval_set = _datasets(load_data, model, calib, data, shapes)
     _check_target(model, eval_set, target, metric)
+    _warn_resolution(eval_set, target)
     if calib_set is not None and any(d.name == "quantize.mode" for d in space.dims) and "quantize.target" not in (
             {d.name for d in space.dims} | set(space.fixed)):
         # int8 with the quantizer's own fallback to the tune target: the fewest float nodes that keep it
@@ -196,6 +199,20 @@ def _check_target(model: onnx.ModelProto, eval_set, target: str, metric: str | N
         if not any(is_class_like(value) for value in outputs.values()):
             raise ConfigError(f"the target {target!r} needs class scores, and no output of this model is [N, C]",
                               "use cosine>= or iou>= for feature or mask outputs")
+
+
+def _warn_resolution(eval_set, target: str) -> None:
+    """Warn when the evaluation set cannot resolve a drop target: with N samples a top-1 drop moves in
+    steps of 1/N, and a target of fewer than ``MIN_SLACK_SAMPLES`` samples lets noise pick the winner."""
+    import warnings
+
+    from onnxopt.targets import parse_target
+
+    for criterion in parse_target(target):
+        slack = criterion.threshold * len(eval_set)
+        if criterion.kind == "max_drop" and slack < MIN_SLACK_SAMPLES:
+            warnings.warn(f"the target {criterion} is {slack:.1f} sample(s) of {len(eval_set)}: a candidate can "
+                          f"pass it by chance; give more evaluation data (--data)", stacklevel=3)
 
 
 def _recipe(recipe) -> dict[str, Any] | None:

@@ -70,5 +70,5 @@ def test_every_pass_describes_its_options_tunables_and_old_names():
     prune = registered()["prune"].describe()
     assert prune.deprecated == {"calib_samples": "calib_size"}
     strategy = next(o for o in prune.options if o.name == "strategy")
-    assert strategy.type == "uniform|global|sensitivity" and strategy.tunable == "one of uniform, global"
+    assert strategy.type == "uniform|global|sensitivity" and strategy.tunable == "one of uniform, global, sensitivity"
     assert registered()["fp16"].describe().deprecated == {"min_cosine": "target"}
