@@ -55,7 +55,6 @@ class ProfilerMeter:
 
     def __init__(self, profile, feeds: list[dict[str, np.ndarray]], timeout_s: float | None = None):
         self.profile, self.feeds, self.timeout_s = profile, feeds, timeout_s
-        self.device: dict[str, Any] = {}
 
     def __call__(self, items: Sequence[MeasureItem]) -> list[Latency]:
         from onnxopt.profiling.measure import Item, measure_with_times
@@ -70,7 +69,6 @@ class ProfilerMeter:
             if not result.ok:
                 out.append(Latency(label, False, error=f"{result.failure}: {result.error}"))
                 continue
-            self.device = {"onnxruntime": result.onnxruntime_version, "providers": result.providers_used}
             r = ratio(label, items[0][0], np.asarray(item_times), np.asarray(times[0])) if times[0] else None
             out.append(Latency(label, True, result.latency_ms.median, r.ratio if r else None,
                                r.ci_low if r else None, r.ci_high if r else None, result.session_rss_mb))

@@ -118,18 +118,20 @@ def tune(
         raise ConfigError(f"nothing to resume in {out_dir}: it holds no tune run", "run without --resume first")
     chosen = {k: v if v is not None else stored.get(k, DEFAULTS.get(k)) for k, v in given.items()}
     profile, target, strategy, seed, budget = (chosen[k] for k in ("profile", "target", "strategy", "seed", "budget"))
-    parse_target(target)  # a bad target fails now, not in every trial
+    criteria = parse_target(target)  # a bad target fails now, not in every trial
     prof = get_profile(profile)
+    profile_name = profile if isinstance(profile, str) else prof.name  # what --resume gives get_profile again
     space = build_space(prof, _recipe(recipe))
+    grid_points = len(space.grid()) if strategy == "grid" else None
     if budget is None:  # a grid visits all its points unless told otherwise
-        budget = len(space.grid()) if strategy == "grid" else DEFAULT_BUDGET
+        budget = grid_points or DEFAULT_BUDGET
     if budget < 1:
         raise ConfigError("the budget must be at least 1 trial")
     source = model
     model = model_io.load(model, shapes=shapes)
     calib_set, eval_set = _datasets(load_data, model, calib, data, shapes)
-    _check_target(model, eval_set, target, metric)
-    _warn_resolution(eval_set, target)
+    _check_target(model, eval_set, criteria, target, metric)
+    _warn_resolution(eval_set, criteria)
     if calib_set is not None and any(d.name == "quantize.mode" for d in space.dims) and "quantize.target" not in (
             {d.name for d in space.dims} | set(space.fixed)):
         # int8 with the quantizer's own fallback to the tune target: the fewest float nodes that keep it
@@ -146,8 +148,8 @@ def tune(
     meter = meter or ProfilerMeter(prof, feeds_for(model, eval_set, prof.inputs.samples))
     cache = TrialCache(_db_path(out_dir) if out_dir is not None else None)
     context = _context_key(payload, prof, eval_set, seed)
-    cache.start_run(context, {"profile": profile if isinstance(profile, str) else prof.name, "target": target,
-                              "strategy": strategy, "seed": seed, "budget": budget})
+    cache.start_run(context, {"profile": profile_name, "target": target, "strategy": strategy, "seed": seed,
+                              "budget": budget})
     tuner = Tuner(model, space, payload, meter, strategy=strategy, budget=budget, time_s=parse_duration(time_limit),
                   seed=seed, jobs=jobs, cache=cache, context_key=context, seeds=seed_points(space),
                   executor=executor, trial_timeout_s=trial_timeout_s, on_event=on_event, objective=goal)
@@ -155,10 +157,9 @@ def tune(
         on_event("start", {"budget": budget, "space": space})
     trials = tuner.run()
     result = decide(model, trials, tuner, meter, space, goal, on_event)
-    if strategy == "grid":
-        points = len(space.grid())
-        result.summary["grid"] = (f"{points} distinct points" + (f", the first {budget} visited (--budget)"
-                                                                  if budget < points else ", all visited"))
+    if grid_points is not None:
+        result.summary["grid"] = (f"{grid_points} distinct points" + (f", the first {budget} visited (--budget)"
+                                                                       if budget < grid_points else ", all visited"))
     result.summary.update(profile=prof.name, target=target, strategy=strategy, seed=seed, budget=budget,
                           objective=goal.describe(),
                           input=str(source) if isinstance(source, str | os.PathLike) else "(in memory)",
@@ -167,8 +168,7 @@ def tune(
         from onnxopt.tuning.report import write_outputs
 
         write_outputs(result, prof, Path(out_dir), protect=(source,) if isinstance(source, str | os.PathLike) else ())
-        cache.start_run(context, {**result.summary, "final": [f.row() for f in result.final],
-                                  "profile": profile if isinstance(profile, str) else prof.name})
+        cache.start_run(context, {**result.summary, "final": [f.row() for f in result.final], "profile": profile_name})
     cache.close()
     return result
 
@@ -184,13 +184,12 @@ def _datasets(load_data, model, calib, data, shapes):
     return calib_set, load_data("synthetic:n=16", model, shapes=shapes)
 
 
-def _check_target(model: onnx.ModelProto, eval_set, target: str, metric: str | None) -> None:
+def _check_target(model: onnx.ModelProto, eval_set, criteria, target: str, metric: str | None) -> None:
     """Refuse a target the model's outputs or the data cannot give, before any trial is built."""
     from onnxopt.agreement import is_class_like
     from onnxopt.runtime import run
-    from onnxopt.targets import parse_target
 
-    kinds = {c.kind for c in parse_target(target)}
+    kinds = {c.kind for c in criteria}
     if "max_drop" in kinds and eval_set.labels is None and metric is None:
         raise ConfigError(f"the target {target!r} needs labelled evaluation data or --eval",
                           "give --data with labels (an .npz with a 'labels' array) or --eval module:function")
@@ -201,14 +200,12 @@ def _check_target(model: onnx.ModelProto, eval_set, target: str, metric: str | N
                               "use cosine>= or iou>= for feature or mask outputs")
 
 
-def _warn_resolution(eval_set, target: str) -> None:
+def _warn_resolution(eval_set, criteria) -> None:
     """Warn when the evaluation set cannot resolve a drop target: with N samples a top-1 drop moves in
     steps of 1/N, and a target of fewer than ``MIN_SLACK_SAMPLES`` samples lets noise pick the winner."""
     import warnings
 
-    from onnxopt.targets import parse_target
-
-    for criterion in parse_target(target):
+    for criterion in criteria:
         slack = criterion.threshold * len(eval_set)
         if criterion.kind == "max_drop" and slack < MIN_SLACK_SAMPLES:
             warnings.warn(f"the target {criterion} is {slack:.1f} sample(s) of {len(eval_set)}: a candidate can "
@@ -308,7 +305,7 @@ def decide(model: onnx.ModelProto, trials: list[Trial], tuner: Tuner, meter: Met
     front = [ok[i] for i in front_indices([objectives(t) for t in ok])]
     front.sort(key=lambda t: t.loss)
     finalists = [t for t in front if not space.is_input(t.point)][:FINALISTS]
-    _rebuild_missing(finalists, tuner)
+    tuner.rebuild(finalists)
     finalists = [t for t in finalists if t.model is not None]
     if on_event:
         on_event("final", {"finalists": finalists})
@@ -359,7 +356,7 @@ def _faster(latency: Latency | None, noise: float) -> bool:
 
 
 def _not_slower(latency: Latency | None, noise: float) -> bool:
-    """Not measurably slower than the input: the ratio's interval reaches below ``1 + noise``."""
+    """Not measurably slower than the input: the ratio's whole interval below ``1 + noise``."""
     return bool(latency and latency.ok and latency.ci_low is not None and latency.ci_high < 1.0 + noise)
 
 
@@ -367,19 +364,6 @@ def _final_score(trial: Trial, by_label: dict[str, Latency], goal: Objective) ->
     """The objective with the final, re-measured latency ratio."""
     return goal.score(latency=by_label[f"t{trial.seq}"].ratio, size=trial.size_ratio or 1.0,
                       accuracy=accuracy_loss(trial.scores), memory=trial.memory_ratio)
-
-
-def _rebuild_missing(finalists: list[Trial], tuner: Tuner) -> None:
-    """Trials reused from the cache carry no model: build them again (same input and config, same bytes)."""
-    missing = {i: {"steps": tuner.space.pipeline(t.point), "seed": tuner.seed, "spec": t.spec}
-               for i, t in enumerate(finalists) if t.model is None}
-    if not missing:
-        return
-    built = tuner._build(missing)
-    tuner._close_pool()
-    for i, result in built.items():
-        if result.get("model"):
-            finalists[i].model = result["model"]
 
 
 def settings_worth(trials: list[Trial], space: Space) -> dict[str, dict[str, float]]:

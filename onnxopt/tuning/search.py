@@ -25,7 +25,7 @@ from typing import Any
 import onnx
 
 from onnxopt.errors import ConfigError
-from onnxopt.tuning.cache import TrialCache
+from onnxopt.tuning.cache import TrialCache, digest
 from onnxopt.tuning.meter import Latency, Meter
 from onnxopt.tuning.objective import Objective, accuracy_loss
 from onnxopt.tuning.space import Space
@@ -188,11 +188,8 @@ class Tuner:
 
     @staticmethod
     def _violation(trial: Trial) -> list[float] | None:
-        """nevergrad's constraint violation: the target deficit (finite) for a trial that was not measured."""
-        if trial.status == "ok":
-            return None
-        deficit = -(trial.margin if trial.margin is not None else -1.0)
-        return [min(MAX_PENALTY, max(1e-3, deficit))]
+        """nevergrad's constraint violation: the target deficit for a trial that was not measured."""
+        return None if trial.status == "ok" else [max(1e-3, _deficit(trial))]
 
     def _full(self, point: Mapping[str, Any]) -> dict[str, Any]:
         """A complete value for the parametrization: the seed's values over every dimension's default."""
@@ -240,8 +237,6 @@ class Tuner:
         return trial
 
     def _cache_key(self, key: str) -> str:
-        from onnxopt.tuning.cache import digest
-
         return digest(self.context_key, key)
 
     def _score(self, trial: Trial, result: dict[str, Any]) -> None:
@@ -253,8 +248,8 @@ class Tuner:
             trial.model = result["model"]
         if trial.status == "ok":
             self.on_event("measuring", {"trial": trial})
-            reference, latency = self.meter([("input", self.model, {}), (f"t{trial.seq}", _load(trial.model),
-                                                                           trial.session)])
+            reference, latency = self.meter([("input", self.model, {}),
+                                              (f"t{trial.seq}", onnx.load_from_string(trial.model), trial.session)])
             trial.latency = latency
             if not latency.ok or latency.ratio is None:
                 trial.status, trial.stage, trial.reason = "failed", "measure", latency.error
@@ -270,9 +265,22 @@ class Tuner:
         if trial.status == "ok":
             return self.objective.score(latency=trial.latency.ratio, size=trial.size_ratio or 1.0,
                                         accuracy=accuracy_loss(trial.scores), memory=trial.memory_ratio)
-        if trial.status == "violates":  # a target the outputs cannot give has margin -inf: kept finite
-            return VIOLATION_LOSS + min(MAX_PENALTY, max(0.0, -(trial.margin or 0.0)))
+        if trial.status == "violates":
+            return VIOLATION_LOSS + _deficit(trial)
         return FAILED_LOSS
+
+    def rebuild(self, trials: list[Trial]) -> None:
+        """Give trials reused from the cache (they carry no model) their model again: the same input
+        and config build the same bytes. A build that fails now leaves the trial without one."""
+        missing = {i: {"steps": self.space.pipeline(t.point), "seed": self.seed, "spec": t.spec}
+                   for i, t in enumerate(trials) if t.model is None}
+        if not missing:
+            return
+        built = self._build(missing)
+        self._close_pool()
+        for i, result in built.items():
+            if result.get("model"):
+                trials[i].model = result["model"]
 
     def _build(self, jobs: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
         """Run the builds in the executor; a dead or hung worker fails its trial and the pool is renewed.
@@ -319,9 +327,14 @@ class Tuner:
         self._pool = None
 
 
+def _deficit(trial: Trial) -> float:
+    """How far a trial missed the target, capped (a target the outputs cannot give has margin -inf,
+    and nevergrad's models need finite values); 1 for a trial that never got scored."""
+    if trial.margin is None:
+        return 1.0
+    return min(MAX_PENALTY, max(0.0, -trial.margin))
+
+
 def _lost(kind: str, reason: str) -> dict[str, Any]:
     return {"status": "failed", "stage": kind, "reason": reason}
 
-
-def _load(data: bytes | None) -> onnx.ModelProto:
-    return onnx.load_from_string(data)

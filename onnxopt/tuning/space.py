@@ -122,8 +122,9 @@ class Space:
                               f"{MAX_GRID:,} are enumerated)", "narrow the space with --recipe (fix/values/range), "
                               "or use another --strategy")
         seen: dict[str, dict[str, Any]] = {}
+        names = self.names()
         for values in itertools.product(*(d.grid() for d in self.dims)):
-            point = self.canonical(dict(zip(self.names(), values, strict=True)))
+            point = self.canonical(dict(zip(names, values, strict=True)))
             seen.setdefault(json.dumps(point, sort_keys=True), point)
         return list(seen.values())
 

@@ -59,13 +59,12 @@ def run_trial(payload: Payload, job: dict[str, Any]) -> dict[str, Any]:
 
     from onnxopt.errors import OnnxOptError
     from onnxopt.passes import PassContext, build
+    from onnxopt.profiling.service import ProfileMeasurer
+    from onnxopt.tuning.meter import LockedMeasurer
 
     start = time.perf_counter()
     _fault(payload.fault, job.get("spec", ""))
     model = onnx.load_from_string(payload.model)
-    from onnxopt.profiling.service import ProfileMeasurer
-    from onnxopt.tuning.meter import LockedMeasurer
-
     # passes that time on the target (latency-aware quantization) measure in the profiler's child,
     # holding the device lock like the tuner's own measurements
     measurer = LockedMeasurer(ProfileMeasurer(payload.profile), payload.profile.name)
