@@ -119,30 +119,32 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray) -> None:
     model.eval()
 
 
-def export(model: nn.Module) -> None:
-    dummy = torch.zeros(1, 1, 8, 8)
+def export(model: nn.Module, path: Path = ONNX_PATH, input_shape: tuple[int, ...] = (1, 1, 8, 8)) -> None:
+    """Export to ``path`` (opset OPSET, dynamic batch, BatchNormalization kept) and check the file."""
+    dummy = torch.zeros(*input_shape)
     # TorchScript exporter; TrainingMode.PRESERVE on an eval()-mode model keeps BatchNormalization
     # nodes (EVAL would fuse them into the convs, and folding BN is the simplify pass's job).
     with warnings.catch_warnings():
         # The legacy exporter is chosen on purpose (no onnxscript needed); its notice is noise.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (dummy,), str(ONNX_PATH), dynamo=False, opset_version=OPSET,
+            model, (dummy,), str(path), dynamo=False, opset_version=OPSET,
             input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
         )
-    m = onnx.load(str(ONNX_PATH))
+    m = onnx.load(str(path))
     onnx.checker.check_model(m, full_check=True)
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
 
 
-def onnx_accuracy(x: np.ndarray, y: np.ndarray) -> float:
+def onnx_accuracy(x: np.ndarray, y: np.ndarray, path: Path = ONNX_PATH) -> float:
+    """Top-1 accuracy of the exported file at ``path`` with onnxruntime, one thread."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(ONNX_PATH), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     logits = sess.run(["logits"], {"input": x})[0]
     return float((logits.argmax(1) == y).mean())
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
-import warnings
 from pathlib import Path
 
 # Must be set before torch touches BLAS/cuBLAS so kernels pick deterministic paths.
@@ -29,12 +27,14 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-import onnx  # noqa: E402
 import torch  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
+
+# seeding, export and ONNX scoring are the digits script's (this folder is on sys.path when run)
+from train_digits import export, onnx_accuracy, seed_everything  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ONNX_PATH = HERE / "mobilenet_digits.onnx"
@@ -42,7 +42,6 @@ EVAL_PATH = HERE / "mobilenet_digits_eval.npz"
 SEED = 0
 EPOCHS = 10
 BATCH = 64
-OPSET = 17
 SIZE = 32  # input side; the 8x8 digit is upscaled to DIGIT px and centred in SIZE x SIZE
 DIGIT = 24
 
@@ -103,14 +102,6 @@ class MobileNetDigits(nn.Module):
         return self.classifier(self.dropout(torch.flatten(self.pool(self.features(x)), 1)))
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-
-
 def upscale(images: np.ndarray) -> torch.Tensor:
     """8x8 digits in [0, 16] -> [N, 1, SIZE, SIZE] in [0, 1]: bilinear to DIGIT px, zero border."""
     x = torch.from_numpy((images / 16.0).astype(np.float32))[:, None]
@@ -168,34 +159,6 @@ def train(model: nn.Module, x: torch.Tensor, y: np.ndarray) -> None:
     model.eval()
 
 
-def export(model: nn.Module) -> None:
-    dummy = torch.zeros(1, 1, SIZE, SIZE)
-    # TorchScript exporter; TrainingMode.PRESERVE on an eval()-mode model keeps BatchNormalization
-    # nodes (EVAL would fuse them into the convs, and folding BN is the simplify pass's job).
-    with warnings.catch_warnings():
-        # The legacy exporter is chosen on purpose (no onnxscript needed); its notice is noise.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model, (dummy,), str(ONNX_PATH), dynamo=False, opset_version=OPSET,
-            input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
-        )
-    m = onnx.load(str(ONNX_PATH))
-    onnx.checker.check_model(m, full_check=True)
-    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
-
-
-def onnx_accuracy(x: np.ndarray, y: np.ndarray) -> float:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(ONNX_PATH), opts, providers=["CPUExecutionProvider"])
-    logits = sess.run(["logits"], {"input": x})[0]
-    return float((logits.argmax(1) == y).mean())
-
-
 def main() -> None:
     seed_everything(SEED)
     x_train, x_test, y_train, y_test = load_split()
@@ -205,11 +168,11 @@ def main() -> None:
     print(f"trained {EPOCHS} epochs in {time.perf_counter() - start:.1f}s")
     with torch.no_grad():
         torch_acc = float((model(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean())
-    export(model)
+    export(model, ONNX_PATH, (1, 1, SIZE, SIZE))
     np.savez_compressed(EVAL_PATH, input=x_test, labels=y_test)
     params = sum(p.numel() for p in model.parameters())
     print(f"params: {params}  torch held-out acc: {torch_acc:.4f}  N={len(y_test)}")
-    print(f"onnx held-out accuracy: {onnx_accuracy(x_test, y_test):.4f}")
+    print(f"onnx held-out accuracy: {onnx_accuracy(x_test, y_test, ONNX_PATH):.4f}")
 
 
 if __name__ == "__main__":
